@@ -1,0 +1,11 @@
+//! headroom: a tensor engine that trains neural networks inside a memory
+//! budget the user sets. Every byte goes through [`alloc::Arena`], so a run's
+//! peak can be counted, capped, explained and predicted.
+
+pub mod alloc;
+pub mod rng;
+
+/// CUDA sources embedded by `build.rs` from `kernels/`.
+pub mod kernels {
+    include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
+}
