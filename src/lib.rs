@@ -9,3 +9,12 @@ pub mod rng;
 pub mod kernels {
     include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
 }
+pub mod autograd;
+pub mod cpu;
+pub mod error;
+pub mod ops;
+pub mod tensor;
+
+pub use alloc::{Arena, ArenaConfig, Tag};
+pub use error::{Error, Result};
+pub use tensor::{DType, Device, Tensor};

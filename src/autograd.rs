@@ -1,0 +1,287 @@
+//! The autograd tape: define-by-run, reverse mode.
+//!
+//! Each op that has an input needing a gradient appends a [`Node`] to the
+//! current thread's tape: the ids of its inputs and outputs, the tensors its
+//! backward needs (`saved`), and the backward itself. Saving a tensor whose
+//! storage is an op output (tag Temporary) retags that storage Activation;
+//! when the last node that saved it is gone the tag goes back, so the
+//! arena's Activation bytes are exactly the bytes the tape keeps alive.
+//!
+//! [`backward`] walks the tape once, newest node first. A node's saved
+//! tensors are dropped as soon as it has run, an intermediate gradient as
+//! soon as the node that produced its tensor consumed it, and leaves add
+//! their gradient into `.grad` (tag Gradient), which is what gradient
+//! accumulation relies on. Nothing is recorded under [`no_grad`].
+//!
+//! The tape is thread-local: ops are called from one thread, and only their
+//! kernels fan out to rayon workers.
+
+use crate::alloc::Tag;
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+
+/// Computes input gradients from the saved tensors and output gradients.
+/// Returns one entry per op input (`None` where no gradient flows).
+pub type BackwardFn = Box<dyn FnOnce(&[Tensor], &[Option<Tensor>]) -> Result<Vec<Option<Tensor>>>>;
+
+enum Target {
+    /// A parameter or other leaf: the gradient goes into its `.grad`.
+    Leaf(Tensor),
+    /// An op output: the gradient flows on to the node that made it.
+    Output(u64),
+}
+
+struct Node {
+    op: &'static str,
+    inputs: Vec<Option<Target>>,
+    input_shapes: Vec<Vec<usize>>,
+    outputs: Vec<u64>,
+    saved: Vec<Tensor>,
+    backward: Option<BackwardFn>,
+}
+
+thread_local! {
+    static GRAD_ENABLED: Cell<bool> = const { Cell::new(true) };
+    static TAPE: RefCell<Vec<Node>> = const { RefCell::new(Vec::new()) };
+    static SAVED: Cell<(usize, usize)> = const { Cell::new((0, 0)) }; // (current, peak) bytes
+}
+
+/// Restores the previous grad mode when dropped.
+pub struct GradModeGuard {
+    prev: bool,
+}
+
+impl Drop for GradModeGuard {
+    fn drop(&mut self) {
+        GRAD_ENABLED.with(|g| g.set(self.prev));
+    }
+}
+
+/// Record nothing until the guard is dropped (evaluation keeps no activations).
+pub fn no_grad() -> GradModeGuard {
+    GradModeGuard { prev: GRAD_ENABLED.with(|g| g.replace(false)) }
+}
+
+pub fn is_grad_enabled() -> bool {
+    GRAD_ENABLED.with(|g| g.get())
+}
+
+/// Whether an op over these inputs will be recorded.
+pub fn needs_grad(inputs: &[&Tensor]) -> bool {
+    is_grad_enabled() && inputs.iter().any(|t| t.requires_grad_flag())
+}
+
+/// Record an op with one output. Returns the output to hand to the caller
+/// (marked as requiring grad when recorded).
+pub fn record(
+    op: &'static str,
+    inputs: &[&Tensor],
+    output: Tensor,
+    saved: Vec<Tensor>,
+    backward: impl FnOnce(&[Tensor], &[Option<Tensor>]) -> Result<Vec<Option<Tensor>>> + 'static,
+) -> Tensor {
+    record_many(op, inputs, vec![output], saved, backward).pop().expect("one output")
+}
+
+/// Record an op with several outputs.
+pub fn record_many(
+    op: &'static str,
+    inputs: &[&Tensor],
+    outputs: Vec<Tensor>,
+    saved: Vec<Tensor>,
+    backward: impl FnOnce(&[Tensor], &[Option<Tensor>]) -> Result<Vec<Option<Tensor>>> + 'static,
+) -> Vec<Tensor> {
+    if !needs_grad(inputs) {
+        return outputs;
+    }
+    let outputs: Vec<Tensor> = outputs.iter().map(|t| t.as_op_output()).collect();
+    let targets = inputs
+        .iter()
+        .map(|t| match (t.requires_grad_flag(), t.is_leaf()) {
+            (false, _) => None,
+            (true, true) => Some(Target::Leaf((*t).clone())),
+            (true, false) => Some(Target::Output(t.id())),
+        })
+        .collect();
+    for t in &saved {
+        save(t);
+    }
+    let node = Node {
+        op,
+        inputs: targets,
+        input_shapes: inputs.iter().map(|t| t.shape().to_vec()).collect(),
+        outputs: outputs.iter().map(|t| t.id()).collect(),
+        saved,
+        backward: Some(Box::new(backward)),
+    };
+    TAPE.with(|t| t.borrow_mut().push(node));
+    outputs
+}
+
+fn save(t: &Tensor) {
+    let s = t.storage();
+    if s.saves.fetch_add(1, Ordering::Relaxed) == 0 && s.block().tag() == Tag::Temporary {
+        s.block().arena().retag(s.block(), Tag::Activation, "save");
+        SAVED.with(|c| {
+            let (cur, peak) = c.get();
+            let cur = cur + s.block().requested();
+            c.set((cur, peak.max(cur)));
+        });
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        // The backward (if it never ran) may hold clones of saved tensors:
+        // drop it first so "still alive" below means alive elsewhere.
+        self.backward = None;
+        let weak: Vec<Weak<crate::tensor::Storage>> = self.saved.iter().map(|t| Arc::downgrade(t.storage())).collect();
+        let was: Vec<bool> = self.saved.iter().map(|t| t.storage().block().tag() == Tag::Activation).collect();
+        let mut released = Vec::new();
+        for t in &self.saved {
+            if t.storage().saves.fetch_sub(1, Ordering::Relaxed) == 1 {
+                released.push(t.storage().block().requested());
+            } else {
+                released.push(0);
+            }
+        }
+        self.saved.clear();
+        for ((w, was_act), bytes) in weak.iter().zip(was).zip(released) {
+            if !was_act || bytes == 0 {
+                continue;
+            }
+            SAVED.with(|c| {
+                let (cur, peak) = c.get();
+                c.set((cur - bytes, peak));
+            });
+            if let Some(s) = w.upgrade() {
+                if s.saves.load(Ordering::Relaxed) == 0 {
+                    s.block().arena().retag(s.block(), Tag::Temporary, "unsave");
+                }
+            }
+        }
+    }
+}
+
+/// Bytes of storage the tape holds as activations now, and at its fullest
+/// since [`reset_saved_peak`].
+pub fn saved_bytes() -> (usize, usize) {
+    SAVED.with(|c| c.get())
+}
+
+pub fn reset_saved_peak() {
+    SAVED.with(|c| {
+        let (cur, _) = c.get();
+        c.set((cur, cur));
+    });
+}
+
+/// Number of nodes on this thread's tape.
+pub fn tape_len() -> usize {
+    TAPE.with(|t| t.borrow().len())
+}
+
+/// Drop everything recorded (e.g. after an out-of-memory step).
+pub fn clear_tape() {
+    let nodes = TAPE.with(|t| std::mem::take(&mut *t.borrow_mut()));
+    drop(nodes);
+}
+
+/// Back-propagate from a one-element `loss` (gradient 1).
+pub fn backward(loss: &Tensor) -> Result<()> {
+    if loss.numel() != 1 {
+        return Err(Error::shape(
+            "backward",
+            format!("loss has shape {:?}; reduce it to one element (e.g. .mean()) or call backward_with", loss.shape()),
+        ));
+    }
+    let one = Tensor::full(loss.arena(), loss.shape(), 1.0, loss.dtype(), Tag::Temporary)?;
+    backward_with(loss, one)
+}
+
+/// Back-propagate from `output` with the given gradient. Consumes the tape.
+pub fn backward_with(output: &Tensor, grad: Tensor) -> Result<()> {
+    if grad.shape() != output.shape() || grad.dtype() != output.dtype() {
+        return Err(Error::shape(
+            "backward",
+            format!("gradient {:?} {} for output {:?} {}", grad.shape(), grad.dtype(), output.shape(), output.dtype()),
+        ));
+    }
+    let mut nodes = TAPE.with(|t| std::mem::take(&mut *t.borrow_mut()));
+    if !output.requires_grad_flag() {
+        return Err(Error::invalid("backward", "the output does not depend on anything that requires grad"));
+    }
+    let _no_grad = no_grad();
+    let mut grads: HashMap<u64, Tensor> = HashMap::new();
+    if output.is_leaf() {
+        accumulate_leaf(output, grad)?;
+        return Ok(());
+    }
+    grads.insert(output.id(), grad);
+    while let Some(mut node) = nodes.pop() {
+        let gout: Vec<Option<Tensor>> = node.outputs.iter().map(|id| grads.remove(id)).collect();
+        if gout.iter().all(Option::is_none) {
+            continue; // not on a path to the output; dropping frees what it saved
+        }
+        let backward = node.backward.take().expect("each node runs once");
+        let gin = backward(&node.saved, &gout)?;
+        drop(gout);
+        let inputs = std::mem::take(&mut node.inputs);
+        let shapes = std::mem::take(&mut node.input_shapes);
+        let op = node.op;
+        drop(node); // saved tensors go now, before the gradients pile up
+        if gin.len() != inputs.len() {
+            return Err(Error::invalid(op, format!("backward returned {} gradients for {} inputs", gin.len(), inputs.len())));
+        }
+        for ((target, g), shape) in inputs.into_iter().zip(gin).zip(shapes) {
+            let (Some(target), Some(g)) = (target, g) else { continue };
+            if g.shape() != shape.as_slice() {
+                return Err(Error::invalid(op, format!("backward gave a gradient of shape {:?} for an input of shape {shape:?}", g.shape())));
+            }
+            match target {
+                Target::Leaf(t) => accumulate_leaf(&t, g)?,
+                Target::Output(id) => {
+                    let g = match grads.remove(&id) {
+                        Some(prev) => add_grads(prev, g)?,
+                        None => g,
+                    };
+                    grads.insert(id, g);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn uniquely_owned(t: &Tensor) -> bool {
+    t.is_exclusive() && t.is_contiguous() && t.numel() == t.storage().numel()
+}
+
+fn add_grads(a: Tensor, b: Tensor) -> Result<Tensor> {
+    if uniquely_owned(&a) && a.dtype() == b.dtype() {
+        crate::ops::add_into(&a, &b)?;
+        Ok(a)
+    } else {
+        a.add(&b)
+    }
+}
+
+/// Add `g` into a leaf's `.grad`, in place when one exists.
+fn accumulate_leaf(leaf: &Tensor, g: Tensor) -> Result<()> {
+    if g.dtype() != leaf.dtype() {
+        return Err(Error::dtype("backward", format!("gradient is {} for a {} leaf", g.dtype(), leaf.dtype())));
+    }
+    match leaf.grad() {
+        Some(acc) => crate::ops::add_into(&acc, &g),
+        None => {
+            let g = if uniquely_owned(&g) { g } else { crate::ops::copy(&g, Tag::Gradient)? };
+            g.arena().retag(g.storage().block(), Tag::Gradient, "grad");
+            leaf.set_grad(Some(g.detach()));
+            Ok(())
+        }
+    }
+}

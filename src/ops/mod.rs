@@ -1,0 +1,42 @@
+//! Ops: each op's forward and backward side by side, one family a file.
+//! An op checks its inputs (errors name the op and the shapes), allocates
+//! its output from the inputs' arena (tag Temporary, labelled with the op),
+//! runs the device's kernel (none on the meta device) and records its
+//! backward on the tape with the tensors it saves.
+
+mod elementwise;
+mod matmul;
+mod reduce;
+mod shape;
+
+pub(crate) use elementwise::{add_into, copy};
+pub use shape::broadcast_shapes;
+pub(crate) use shape::copy_strided;
+
+use crate::alloc::Tag;
+use crate::error::{Error, Result};
+use crate::tensor::{DType, Tensor};
+
+/// A fresh output on `like`'s arena, tagged Temporary and labelled `op`.
+pub(crate) fn output(op: &'static str, like: &Tensor, shape: &[usize], dtype: DType) -> Result<Tensor> {
+    Tensor::empty(like.arena(), shape, dtype, Tag::Temporary, op)
+}
+
+/// Every input must live on the same arena.
+pub(crate) fn same_arena(op: &'static str, ts: &[&Tensor]) -> Result<()> {
+    if ts.windows(2).any(|w| !w[0].arena().same(w[1].arena())) {
+        return Err(Error::device(op, "inputs live on different arenas; move them to one first"));
+    }
+    Ok(())
+}
+
+/// Inputs must share a dtype (mixed precision casts explicitly).
+pub(crate) fn same_dtype(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
+    if a.dtype() != b.dtype() {
+        return Err(Error::dtype(
+            op,
+            format!("{:?} is {} but {:?} is {}; cast one with .to_dtype()", a.shape(), a.dtype(), b.shape(), b.dtype()),
+        ));
+    }
+    Ok(())
+}
