@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use headroom::alloc::{fmt_bytes, parse_bytes, Arena, ArenaConfig, Tag};
+use headroom::train::{train, TrainConfig};
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -13,6 +14,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Train the default model (a small transformer) on the embedded
+    /// spoken-digits data and report loss, held-out accuracy and memory.
+    Train(TrainArgs),
     /// Show the allocator at work on a recorded-shaped training step, then
     /// hit the budget on purpose.
     AllocDemo {
@@ -25,6 +29,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Train(args) => run_train(args),
         Command::AllocDemo { budget } => alloc_demo(budget),
     };
     match result {
@@ -66,5 +71,71 @@ fn alloc_demo(budget: usize) -> Result<(), Box<dyn std::error::Error>> {
     let small = arena.alloc(1 << 20, Tag::Activation, "demo")?;
     println!("\nthe arena stays usable: a 1 MiB request then succeeded ({small:?})");
     drop(params);
+    Ok(())
+}
+
+#[derive(clap::Args)]
+struct TrainArgs {
+    /// Optimizer steps (default: --epochs full passes over the data).
+    #[arg(long)]
+    steps: Option<usize>,
+    #[arg(long, default_value_t = 8)]
+    epochs: usize,
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+    #[arg(long, default_value_t = 2e-3)]
+    lr: f32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Worker threads for kernels (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Hard cap on reserved memory, e.g. 512MiB or 2GiB.
+    #[arg(long, value_parser = parse_bytes)]
+    budget: Option<usize>,
+    /// Transformer blocks.
+    #[arg(long, default_value_t = 2)]
+    layers: usize,
+    /// Model width.
+    #[arg(long, default_value_t = 64)]
+    dim: usize,
+    /// Evaluate on the held-out speakers every N steps (0: only at the end).
+    #[arg(long, default_value_t = 0)]
+    eval_every: usize,
+    /// Print one JSON object with the run's figures on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+fn set_threads(threads: Option<usize>) -> Result<(), Box<dyn std::error::Error>> {
+    if let Some(n) = threads {
+        if n == 0 {
+            return Err("--threads must be at least 1".into());
+        }
+        // matrixmultiply reads this once, on its first product.
+        std::env::set_var("MATMUL_NUM_THREADS", n.to_string());
+        rayon::ThreadPoolBuilder::new().num_threads(n).build_global()?;
+    }
+    Ok(())
+}
+
+fn run_train(a: TrainArgs) -> Result<(), Box<dyn std::error::Error>> {
+    set_threads(a.threads)?;
+    let cfg = TrainConfig {
+        steps: a.steps,
+        epochs: a.epochs,
+        batch: a.batch,
+        lr: a.lr,
+        seed: a.seed,
+        budget: a.budget,
+        layers: a.layers,
+        dim: a.dim,
+        eval_every: a.eval_every,
+        ..TrainConfig::default()
+    };
+    let report = train(&cfg)?;
+    if a.json {
+        println!("{}", serde_json::to_string(&report)?);
+    }
     Ok(())
 }
