@@ -5,6 +5,7 @@
 //! backward on the tape with the tensors it saves.
 
 mod elementwise;
+mod loss;
 mod matmul;
 mod reduce;
 mod shape;

@@ -1,0 +1,193 @@
+//! Neural-network ops: values against hand-computed cases, gradient checks
+//! in every float dtype, what each op keeps for backward, and errors.
+
+mod common;
+use common::{gradcheck_all, input};
+use headroom::autograd::backward;
+use headroom::rng::Rng;
+use headroom::{Arena, DType, Tag, Tensor};
+
+fn t(arena: &Arena, shape: &[usize], v: &[f32]) -> Tensor {
+    Tensor::from_f32(arena, shape, v, DType::F32, Tag::Data).unwrap()
+}
+
+fn ids(arena: &Arena, shape: &[usize], v: &[i32]) -> Tensor {
+    Tensor::from_slice(arena, shape, v, Tag::Data).unwrap()
+}
+
+fn close(got: &[f32], want: &[f32], tol: f32) {
+    assert_eq!(got.len(), want.len(), "{got:?} vs {want:?}");
+    for (g, w) in got.iter().zip(want) {
+        assert!((g - w).abs() <= tol, "{got:?} vs {want:?}");
+    }
+}
+
+/// Bytes the tape holds as activations now (exact, before granule rounding).
+fn activation(a: &Arena) -> usize {
+    a.stats().tag(Tag::Activation).requested.current
+}
+
+// ---- cross-entropy ----
+
+#[test]
+fn cross_entropy_values_match_hand_computed() {
+    let a = Arena::host();
+    let x = t(&a, &[1, 3], &[1., 2., 3.]).requires_grad();
+    let y = ids(&a, &[1], &[2]);
+    // log(e + e² + e³) − 3
+    let loss = x.cross_entropy(&y, None, 0.0).unwrap();
+    assert_eq!(loss.shape(), &[] as &[usize]);
+    close(&[loss.item().unwrap()], &[0.407_606], 1e-6);
+    backward(&loss).unwrap();
+    close(
+        &x.grad().unwrap().to_vec_f32().unwrap(),
+        &[0.090_030_57, 0.244_728_47, -0.334_759_04],
+        1e-6,
+    );
+    // Smoothing 0.1: lse − (0.9·3 + 0.1/3·(1+2+3)) = lse − 2.9.
+    x.zero_grad();
+    let loss = x.cross_entropy(&y, None, 0.1).unwrap();
+    close(&[loss.item().unwrap()], &[0.507_606], 1e-6);
+    backward(&loss).unwrap();
+    close(
+        &x.grad().unwrap().to_vec_f32().unwrap(),
+        &[0.056_697_24, 0.211_395_14, -0.268_092_38],
+        1e-6,
+    );
+    // The ignored middle row counts neither in the sum nor in the mean.
+    let x3 = t(&a, &[3, 3], &[1., 2., 3., 0.5, -1., 2., 3., 0., 0.]);
+    let y3 = ids(&a, &[3], &[2, -100, 0]);
+    close(
+        &[x3.cross_entropy(&y3, Some(-100), 0.0)
+            .unwrap()
+            .item()
+            .unwrap()],
+        &[0.251_264_46],
+        1e-6,
+    );
+    close(
+        &[x3.cross_entropy(&y3, Some(-100), 0.1)
+            .unwrap()
+            .item()
+            .unwrap()],
+        &[0.401_264_46],
+        1e-6,
+    );
+}
+
+#[test]
+fn cross_entropy_with_every_row_ignored_is_zero_not_nan() {
+    let a = Arena::host();
+    let x = t(&a, &[2, 3], &[1., 2., 3., 4., 5., 6.]).requires_grad();
+    let y = ids(&a, &[2], &[-1, -1]);
+    let loss = x.cross_entropy(&y, Some(-1), 0.1).unwrap();
+    assert_eq!(loss.item().unwrap(), 0.0);
+    backward(&loss).unwrap();
+    assert_eq!(x.grad().unwrap().to_vec_f32().unwrap(), vec![0.0; 6]);
+}
+
+#[test]
+fn cross_entropy_gradcheck_with_ignore_and_smoothing() {
+    let mut rng = Rng::new(11);
+    let x = input(&mut rng, &[5, 7]);
+    let ce = |targets: &'static [i32], ignore: Option<i32>, ls: f32| {
+        move |v: &[Tensor]| v[0].cross_entropy(&ids(v[0].arena(), &[5], targets), ignore, ls)
+    };
+    gradcheck_all(ce(&[3, 1, 0, 6, 2], None, 0.0), &[x.clone()], &[true]);
+    gradcheck_all(
+        ce(&[3, -100, 0, 6, -100], Some(-100), 0.0),
+        &[x.clone()],
+        &[true],
+    );
+    gradcheck_all(ce(&[3, 1, 0, 6, 2], None, 0.1), &[x.clone()], &[true]);
+    gradcheck_all(
+        ce(&[3, -100, 0, 6, -100], Some(-100), 0.25),
+        &[x.clone()],
+        &[true],
+    );
+    // A valid class used as ignore_index is skipped like any other.
+    gradcheck_all(ce(&[3, 1, 0, 6, 2], Some(6), 0.0), &[x.clone()], &[true]);
+    // Logits that are a strided view.
+    gradcheck_all(
+        |v| {
+            v[0].transpose(0, 1)?.cross_entropy(
+                &ids(v[0].arena(), &[7], &[0, 4, 4, 1, 3, 2, 0]),
+                None,
+                0.1,
+            )
+        },
+        &[x],
+        &[true],
+    );
+}
+
+#[test]
+fn cross_entropy_keeps_no_probabilities() {
+    let a = Arena::host();
+    let (n, c) = (64, 1000);
+    let w = Tensor::full(&a, &[n, c], 0.5, DType::F32, Tag::Parameter)
+        .unwrap()
+        .requires_grad();
+    let targets: Vec<i32> = (0..n as i32).map(|i| i * 7 % c as i32).collect();
+    let y = ids(&a, &[n], &targets);
+    let logits = w.mul_scalar(2.0).unwrap(); // an op output, saved by nothing yet
+    assert_eq!(activation(&a), 0);
+    let loss = logits.cross_entropy(&y, None, 0.1).unwrap();
+    drop(logits);
+    // The logits plus one f32 log-sum-exp per row; targets are Data.
+    assert_eq!(activation(&a), n * c * 4 + n * 4);
+    backward(&loss).unwrap();
+    assert_eq!(activation(&a), 0);
+    close(&[loss.item().unwrap()], &[(c as f32).ln()], 1e-4);
+}
+
+// ---- mse, l1 ----
+
+#[test]
+fn mse_and_l1_values_and_gradcheck() {
+    let a = Arena::host();
+    let p = t(&a, &[2, 2], &[1., 2., 3., -1.]).requires_grad();
+    let q = t(&a, &[2, 2], &[0.5, 2., 5., 1.]).requires_grad();
+    let mse = p.mse_loss(&q).unwrap();
+    assert_eq!(mse.shape(), &[] as &[usize]);
+    assert_eq!(mse.item().unwrap(), 2.0625);
+    backward(&mse).unwrap();
+    assert_eq!(
+        p.grad().unwrap().to_vec_f32().unwrap(),
+        [0.25, 0., -1., -1.]
+    );
+    assert_eq!(q.grad().unwrap().to_vec_f32().unwrap(), [-0.25, 0., 1., 1.]);
+    let (p, q) = (p.detach().requires_grad(), q.detach().requires_grad());
+    let l1 = p.l1_loss(&q).unwrap();
+    assert_eq!(l1.item().unwrap(), 1.125);
+    backward(&l1).unwrap();
+    // A tie (2 vs 2) gets gradient 0.
+    assert_eq!(
+        p.grad().unwrap().to_vec_f32().unwrap(),
+        [0.25, 0., -0.25, -0.25]
+    );
+    assert_eq!(
+        q.grad().unwrap().to_vec_f32().unwrap(),
+        [-0.25, 0., 0.25, 0.25]
+    );
+
+    let mut rng = Rng::new(12);
+    let (x, y) = (input(&mut rng, &[3, 5]), input(&mut rng, &[3, 5]));
+    gradcheck_all(
+        |v| v[0].mse_loss(&v[1]),
+        &[x.clone(), y.clone()],
+        &[true, true],
+    );
+    // |x − y| ≥ 0.05 everywhere: the kink at 0 stays outside the difference step.
+    let gap = input(&mut rng, &[3, 5]).1;
+    let y1 = (
+        x.0.clone(),
+        x.1.iter().zip(&gap).map(|(a, g)| a - g).collect(),
+    );
+    gradcheck_all(|v| v[0].l1_loss(&v[1]), &[x.clone(), y1], &[true, true]);
+    gradcheck_all(
+        |v| v[0].transpose(0, 1)?.mse_loss(&v[1]),
+        &[x, input(&mut rng, &[5, 3])],
+        &[true, false],
+    );
+}
