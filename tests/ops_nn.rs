@@ -191,3 +191,106 @@ fn mse_and_l1_values_and_gradcheck() {
         &[true, false],
     );
 }
+
+// ---- layer norm ----
+
+#[test]
+fn layer_norm_values_match_hand_computed() {
+    let a = Arena::host();
+    let x = t(&a, &[2, 4], &[1., 2., 3., 4., 2., 4., 6., 9.]);
+    let w = t(&a, &[4], &[1., 2., 0.5, -1.]);
+    let b = t(&a, &[4], &[0., 0.1, 0.2, 0.3]);
+    let y = x
+        .layer_norm(Some(&w), Some(&b), 1e-5)
+        .unwrap()
+        .to_vec_f32()
+        .unwrap();
+    let want = [
+        -1.341_635_4,
+        -0.794_423_6,
+        0.423_605_9,
+        -1.041_635_4,
+        -1.256_756_5,
+        -0.866_735_8,
+        0.345_010_4,
+        -1.150_103_6,
+    ];
+    close(&y, &want, 1e-5);
+    // Without affine parameters each row has mean 0 and variance ≈ 1.
+    let y = x.layer_norm(None, None, 0.0).unwrap().to_vec_f32().unwrap();
+    for row in y.chunks(4) {
+        close(
+            &[
+                row.iter().sum::<f32>() / 4.0,
+                row.iter().map(|v| v * v).sum::<f32>() / 4.0,
+            ],
+            &[0., 1.],
+            1e-5,
+        );
+    }
+}
+
+#[test]
+fn layer_norm_gradcheck() {
+    let mut rng = Rng::new(13);
+    let (x, w, b) = (
+        input(&mut rng, &[2, 3, 5]),
+        input(&mut rng, &[5]),
+        input(&mut rng, &[5]),
+    );
+    gradcheck_all(
+        |v| v[0].layer_norm(Some(&v[1]), Some(&v[2]), 1e-5),
+        &[x.clone(), w.clone(), b.clone()],
+        &[true, true, true],
+    );
+    gradcheck_all(|v| v[0].layer_norm(None, None, 1e-5), &[x.clone()], &[true]);
+    gradcheck_all(
+        |v| v[0].layer_norm(Some(&v[1]), None, 1e-5),
+        &[x.clone(), w.clone()],
+        &[true, true],
+    );
+    gradcheck_all(
+        |v| v[0].layer_norm(None, Some(&v[1]), 1e-5),
+        &[x.clone(), b.clone()],
+        &[true, true],
+    );
+    // Parameters only (the input needs no gradient), and a strided input.
+    gradcheck_all(
+        |v| v[0].layer_norm(Some(&v[1]), Some(&v[2]), 1e-5),
+        &[x.clone(), w.clone(), b.clone()],
+        &[false, true, true],
+    );
+    let xt = input(&mut rng, &[5, 3]);
+    gradcheck_all(
+        |v| v[0].transpose(0, 1)?.layer_norm(Some(&v[1]), None, 1e-5),
+        &[xt, w],
+        &[true, true],
+    );
+}
+
+#[test]
+fn layer_norm_saves_input_and_row_stats() {
+    let a = Arena::host();
+    let (rows, d) = (96, 300);
+    let p = Tensor::full(&a, &[rows, d], 0.5, DType::F32, Tag::Parameter)
+        .unwrap()
+        .requires_grad();
+    let w = Tensor::full(&a, &[d], 1.0, DType::F32, Tag::Parameter)
+        .unwrap()
+        .requires_grad();
+    let b = Tensor::full(&a, &[d], 0.0, DType::F32, Tag::Parameter)
+        .unwrap()
+        .requires_grad();
+    let x = p.mul_scalar(2.0).unwrap(); // an op output
+    let y = x.layer_norm(Some(&w), Some(&b), 1e-5).unwrap();
+    drop(x);
+    // The input plus mean and rstd (f32 per row); the weight is a Parameter.
+    assert_eq!(activation(&a), rows * d * 4 + 2 * rows * 4);
+    backward(&y.sum_all().unwrap()).unwrap();
+    assert_eq!(activation(&a), 0);
+    assert_eq!(a.stats().tag(Tag::Workspace).allocated.current, 0);
+    assert_eq!(
+        b.grad().unwrap().to_vec_f32().unwrap(),
+        vec![rows as f32; d]
+    );
+}

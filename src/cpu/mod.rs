@@ -6,6 +6,7 @@
 pub mod elementwise;
 pub mod loss;
 pub mod matmul;
+pub mod norm;
 pub mod reduce;
 
 /// Elements below which a kernel stays on the calling thread: splitting

@@ -7,6 +7,7 @@
 mod elementwise;
 mod loss;
 mod matmul;
+mod norm;
 mod reduce;
 mod shape;
 
