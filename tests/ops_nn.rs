@@ -15,6 +15,10 @@ fn ids(arena: &Arena, shape: &[usize], v: &[i32]) -> Tensor {
     Tensor::from_slice(arena, shape, v, Tag::Data).unwrap()
 }
 
+fn mask(arena: &Arena, shape: &[usize], v: &[u8]) -> Tensor {
+    Tensor::from_slice(arena, shape, v, Tag::Data).unwrap()
+}
+
 fn close(got: &[f32], want: &[f32], tol: f32) {
     assert_eq!(got.len(), want.len(), "{got:?} vs {want:?}");
     for (g, w) in got.iter().zip(want) {
@@ -292,5 +296,186 @@ fn layer_norm_saves_input_and_row_stats() {
     assert_eq!(
         b.grad().unwrap().to_vec_f32().unwrap(),
         vec![rows as f32; d]
+    );
+}
+
+// ---- concat, split, index_select ----
+
+#[test]
+fn concat_and_split_values_and_gradcheck() {
+    let a = Arena::host();
+    let x = t(&a, &[2, 2], &[1., 2., 3., 4.]);
+    let y = t(&a, &[2, 1], &[5., 6.]);
+    let c = Tensor::concat(&[&x, &y], 1).unwrap();
+    assert_eq!(c.shape(), &[2, 3]);
+    assert_eq!(c.to_vec_f32().unwrap(), [1., 2., 5., 3., 4., 6.]);
+    assert_eq!(
+        Tensor::concat(&[&x, &x.transpose(0, 1).unwrap()], 0)
+            .unwrap()
+            .to_vec_f32()
+            .unwrap(),
+        [1., 2., 3., 4., 1., 3., 2., 4.]
+    );
+    // Data movement takes any dtype.
+    let i = Tensor::concat(&[&ids(&a, &[2], &[7, 8]), &ids(&a, &[1], &[9])], -1).unwrap();
+    assert_eq!(i.to_vec::<i32>().unwrap(), [7, 8, 9]);
+    let parts = c.split(&[1, 2], -1).unwrap();
+    assert_eq!(parts[0].to_vec_f32().unwrap(), [1., 3.]);
+    assert_eq!(parts[1].to_vec_f32().unwrap(), [2., 5., 4., 6.]);
+    assert!(
+        std::sync::Arc::ptr_eq(parts[1].storage(), c.storage()),
+        "split makes views"
+    );
+
+    let mut rng = Rng::new(16);
+    let (p, q, r) = (
+        input(&mut rng, &[2, 3, 5]),
+        input(&mut rng, &[2, 1, 5]),
+        input(&mut rng, &[2, 2, 5]),
+    );
+    gradcheck_all(
+        |v| Tensor::concat(&[&v[0], &v[1], &v[2]], 1),
+        &[p.clone(), q, r.clone()],
+        &[true, true, true],
+    );
+    gradcheck_all(
+        |v| Tensor::concat(&[&v[0].transpose(1, 2)?, &v[1].transpose(1, 2)?], -1),
+        &[p.clone(), r],
+        &[true, false],
+    );
+    // A piece left unused gets a zero gradient.
+    gradcheck_all(
+        |v| {
+            let s = v[0].split(&[2, 0, 3], 2)?;
+            Tensor::concat(&[&s[2], &s[1], &s[0].mul(&s[0])?], 2)
+        },
+        &[p.clone()],
+        &[true],
+    );
+    gradcheck_all(|v| Ok(v[0].split(&[1, 2], 1)?[1].clone()), &[p], &[true]);
+}
+
+#[test]
+fn index_select_values_and_gradcheck() {
+    let a = Arena::host();
+    let x = t(&a, &[2, 3], &[1., 2., 3., 4., 5., 6.]).requires_grad();
+    let s = x.index_select(1, &ids(&a, &[4], &[2, 0, 2, 2])).unwrap();
+    assert_eq!(s.shape(), &[2, 4]);
+    assert_eq!(s.to_vec_f32().unwrap(), [3., 1., 3., 3., 6., 4., 6., 6.]);
+    backward(&s.sum_all().unwrap()).unwrap();
+    assert_eq!(
+        x.grad().unwrap().to_vec_f32().unwrap(),
+        [1., 0., 3., 1., 0., 3.]
+    );
+    let m = mask(&a, &[3], &[1, 2, 3]);
+    assert_eq!(
+        m.index_select(0, &ids(&a, &[2], &[2, 1]))
+            .unwrap()
+            .to_vec::<u8>()
+            .unwrap(),
+        [3, 2]
+    );
+
+    let mut rng = Rng::new(17);
+    let y = input(&mut rng, &[3, 5, 2]);
+    let pick: &[i32] = &[4, 0, 4, 2, 4];
+    gradcheck_all(
+        |v| v[0].index_select(1, &ids(v[0].arena(), &[5], pick)),
+        &[y.clone()],
+        &[true],
+    );
+    gradcheck_all(
+        |v| v[0].index_select(0, &ids(v[0].arena(), &[3], &[2, 2, 1])),
+        &[y.clone()],
+        &[true],
+    );
+    gradcheck_all(
+        |v| v[0].index_select(-1, &ids(v[0].arena(), &[3], &[1, 1, 0])),
+        &[y.clone()],
+        &[true],
+    );
+    gradcheck_all(
+        |v| {
+            v[0].transpose(0, 2)?
+                .index_select(2, &ids(v[0].arena(), &[2], &[0, 2]))
+        },
+        &[y],
+        &[true],
+    );
+}
+
+// ---- masked_fill, where_cond ----
+
+#[test]
+fn masked_fill_and_where_values() {
+    let a = Arena::host();
+    let x = t(&a, &[2, 3], &[1., 2., 3., 4., 5., 6.]).requires_grad();
+    let row = mask(&a, &[3], &[0, 1, 1]);
+    let y = x.masked_fill(&row, -1e9).unwrap();
+    assert_eq!(y.to_vec_f32().unwrap(), [1., -1e9, -1e9, 4., -1e9, -1e9]);
+    backward(&y.sum_all().unwrap()).unwrap();
+    assert_eq!(
+        x.grad().unwrap().to_vec_f32().unwrap(),
+        [1., 0., 0., 1., 0., 0.]
+    );
+
+    let c = mask(&a, &[2, 1], &[1, 0]);
+    let p = t(&a, &[3], &[10., 20., 30.]).requires_grad();
+    let q = t(&a, &[2, 3], &[-1., -2., -3., -4., -5., -6.]).requires_grad();
+    let w = Tensor::where_cond(&c, &p, &q).unwrap();
+    assert_eq!(w.to_vec_f32().unwrap(), [10., 20., 30., -4., -5., -6.]);
+    backward(&w.sum_all().unwrap()).unwrap();
+    assert_eq!(p.grad().unwrap().to_vec_f32().unwrap(), [1., 1., 1.]);
+    assert_eq!(
+        q.grad().unwrap().to_vec_f32().unwrap(),
+        [0., 0., 0., 1., 1., 1.]
+    );
+}
+
+#[test]
+fn masked_fill_and_where_gradcheck_with_broadcast_masks() {
+    let mut rng = Rng::new(18);
+    let x = input(&mut rng, &[2, 3, 5]);
+    let bits: Vec<u8> = (0..15).map(|i| (i * 7 % 3 == 0) as u8).collect();
+    let bits = &bits[..];
+    gradcheck_all(
+        |v| v[0].masked_fill(&mask(v[0].arena(), &[3, 5], bits), 0.5),
+        &[x.clone()],
+        &[true],
+    );
+    gradcheck_all(
+        |v| v[0].masked_fill(&mask(v[0].arena(), &[2, 1, 1], &[1, 0]), -2.0),
+        &[x.clone()],
+        &[true],
+    );
+    gradcheck_all(
+        |v| {
+            v[0].transpose(1, 2)?
+                .masked_fill(&mask(v[0].arena(), &[3], &[0, 1, 0]), 9.0)
+        },
+        &[x.clone()],
+        &[true],
+    );
+    let (b, s) = (input(&mut rng, &[3, 1]), input(&mut rng, &[5]));
+    gradcheck_all(
+        |v| Tensor::where_cond(&mask(v[0].arena(), &[3, 5], bits), &v[0], &v[1]),
+        &[x.clone(), b.clone()],
+        &[true, true],
+    );
+    gradcheck_all(
+        |v| Tensor::where_cond(&mask(v[0].arena(), &[2, 1, 1], &[0, 1]), &v[0], &v[1]),
+        &[b, s],
+        &[true, true],
+    );
+    gradcheck_all(
+        |v| {
+            Tensor::where_cond(
+                &mask(v[0].arena(), &[5], &[1, 0, 0, 1, 1]),
+                &v[0],
+                &v[0].neg()?,
+            )
+        },
+        &[x],
+        &[true],
     );
 }

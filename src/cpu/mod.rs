@@ -4,6 +4,7 @@
 //! results do not depend on the thread count.
 
 pub mod elementwise;
+pub mod index;
 pub mod loss;
 pub mod matmul;
 pub mod norm;

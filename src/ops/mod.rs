@@ -5,6 +5,7 @@
 //! backward on the tape with the tensors it saves.
 
 mod elementwise;
+mod index;
 mod loss;
 mod matmul;
 mod norm;
