@@ -299,6 +299,48 @@ fn layer_norm_saves_input_and_row_stats() {
     );
 }
 
+// ---- embedding ----
+
+#[test]
+fn embedding_values_gradcheck_and_memory() {
+    let a = Arena::host();
+    let w = t(&a, &[4, 2], &[0., 1., 10., 11., 20., 21., 30., 31.]).requires_grad();
+    let i = ids(&a, &[2, 3], &[3, 0, 3, 1, 1, 3]);
+    let e = w.embedding(&i).unwrap();
+    assert_eq!(e.shape(), &[2, 3, 2]);
+    assert_eq!(
+        e.to_vec_f32().unwrap(),
+        [30., 31., 0., 1., 30., 31., 10., 11., 10., 11., 30., 31.]
+    );
+    // Only the ids are saved, and they are Data.
+    assert_eq!(activation(&a), 0);
+    let g = t(
+        &a,
+        &[2, 3, 2],
+        &[1., 2., 3., 4., 5., 6., 7., 8., 9., 10., 11., 12.],
+    );
+    backward(&e.mul(&g).unwrap().sum_all().unwrap()).unwrap();
+    // Row 3 collects positions 0, 2 and 5; row 2 is never used.
+    assert_eq!(
+        w.grad().unwrap().to_vec_f32().unwrap(),
+        [3., 4., 16., 18., 0., 0., 17., 20.]
+    );
+
+    let mut rng = Rng::new(14);
+    let table = input(&mut rng, &[7, 5]);
+    let look: &[i32] = &[6, 0, 3, 3, 6, 1, 6, 2, 0];
+    gradcheck_all(
+        |v| v[0].embedding(&ids(v[0].arena(), &[3, 3], look)),
+        &[table.clone()],
+        &[true],
+    );
+    gradcheck_all(
+        |v| v[0].embedding(&ids(v[0].arena(), &[1], &[4])),
+        &[table],
+        &[true],
+    );
+}
+
 // ---- concat, split, index_select ----
 
 #[test]

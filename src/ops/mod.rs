@@ -5,6 +5,7 @@
 //! backward on the tape with the tensors it saves.
 
 mod elementwise;
+mod embedding;
 mod index;
 mod loss;
 mod matmul;
