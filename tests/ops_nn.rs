@@ -3,7 +3,7 @@
 
 mod common;
 use common::{gradcheck_all, input};
-use headroom::autograd::backward;
+use headroom::autograd::{backward, no_grad};
 use headroom::rng::Rng;
 use headroom::{Arena, DType, Tag, Tensor};
 
@@ -337,6 +337,78 @@ fn embedding_values_gradcheck_and_memory() {
     gradcheck_all(
         |v| v[0].embedding(&ids(v[0].arena(), &[1], &[4])),
         &[table],
+        &[true],
+    );
+}
+
+// ---- dropout ----
+
+#[test]
+fn dropout_scales_kept_values_and_p0_is_identity() {
+    let a = Arena::host();
+    let n = 100_003;
+    let x = Tensor::full(&a, &[n], 2.0, DType::F32, Tag::Data).unwrap();
+    let same = x.dropout(0.0, &mut Rng::new(1)).unwrap();
+    assert!(std::sync::Arc::ptr_eq(same.storage(), x.storage()));
+    let y = x
+        .dropout(0.3, &mut Rng::new(1))
+        .unwrap()
+        .to_vec_f32()
+        .unwrap();
+    assert!(y.iter().all(|&v| v == 0.0 || (v - 2.0 / 0.7).abs() < 1e-6));
+    let dropped = y.iter().filter(|&&v| v == 0.0).count() as f64 / n as f64;
+    assert!((dropped - 0.3).abs() < 0.01, "dropped {dropped}");
+}
+
+#[test]
+fn dropout_keeps_no_mask_and_replays_from_rng_state() {
+    let a = Arena::host();
+    let n = 50_000;
+    let p = Tensor::full(&a, &[n], 1.0, DType::F32, Tag::Parameter)
+        .unwrap()
+        .requires_grad();
+    let x = p.mul_scalar(3.0).unwrap(); // an op output
+    let mut rng = Rng::new(42);
+    let before = rng.clone();
+    let y = x.dropout(0.5, &mut rng).unwrap();
+    // Exactly one draw, and no mask (nor the input) held for backward.
+    let mut one = before.clone();
+    one.next_u64();
+    assert_eq!(rng, one);
+    assert_eq!(activation(&a), 0);
+    // The same rng state replays the same mask (what recompute relies on).
+    let again = {
+        let _g = no_grad();
+        x.dropout(0.5, &mut before.clone())
+            .unwrap()
+            .to_vec_f32()
+            .unwrap()
+    };
+    let yv = y.to_vec_f32().unwrap();
+    assert_eq!(yv, again);
+    assert_ne!(yv, x.dropout(0.5, &mut rng).unwrap().to_vec_f32().unwrap());
+    backward(&y.sum_all().unwrap()).unwrap();
+    assert_eq!(activation(&a), 0);
+    // The backward rebuilt the forward's mask: d y/d p = 3·2 where kept.
+    let g = p.grad().unwrap().to_vec_f32().unwrap();
+    assert!(g
+        .iter()
+        .zip(&yv)
+        .all(|(&g, &y)| (y == 0.0 && g == 0.0) || (y == 6.0 && g == 6.0)));
+}
+
+#[test]
+fn dropout_gradcheck() {
+    let mut rng = Rng::new(15);
+    let x = input(&mut rng, &[3, 7]);
+    gradcheck_all(
+        |v| v[0].dropout(0.4, &mut Rng::new(9)),
+        &[x.clone()],
+        &[true],
+    );
+    gradcheck_all(
+        |v| v[0].transpose(0, 1)?.dropout(0.2, &mut Rng::new(3)),
+        &[x],
         &[true],
     );
 }
