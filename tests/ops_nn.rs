@@ -3,6 +3,7 @@
 
 mod common;
 use common::{gradcheck_all, input};
+use headroom::alloc::{ArenaConfig, Backing};
 use headroom::autograd::{backward, no_grad};
 use headroom::rng::Rng;
 use headroom::{Arena, DType, Tag, Tensor};
@@ -592,4 +593,226 @@ fn masked_fill_and_where_gradcheck_with_broadcast_masks() {
         &[x],
         &[true],
     );
+}
+
+// ---- properties across ops ----
+
+#[test]
+fn results_do_not_depend_on_thread_count() {
+    // Sizes above the parallel threshold, run on pools of 1 and 3 threads.
+    let run = || {
+        let a = Arena::host();
+        let mut rng = Rng::new(19);
+        let x = Tensor::randn(&a, &[300, 257], 1.0, DType::BF16, Tag::Parameter, &mut rng)
+            .unwrap()
+            .requires_grad();
+        let w = Tensor::randn(&a, &[257], 1.0, DType::BF16, Tag::Parameter, &mut rng)
+            .unwrap()
+            .requires_grad();
+        let table = Tensor::randn(&a, &[50, 700], 1.0, DType::BF16, Tag::Parameter, &mut rng)
+            .unwrap()
+            .requires_grad();
+        let look: Vec<i32> = (0..300).map(|i| (i * i % 50) as i32).collect();
+        let targets: Vec<i32> = (0..300).map(|i| (i * 31 % 257) as i32).collect();
+        let h = x
+            .layer_norm(Some(&w), None, 1e-5)
+            .unwrap()
+            .dropout(0.1, &mut rng)
+            .unwrap();
+        let e = table
+            .embedding(&ids(&a, &[300], &look))
+            .unwrap()
+            .sum(&[1], true)
+            .unwrap();
+        let loss = h
+            .add(&e)
+            .unwrap()
+            .cross_entropy(&ids(&a, &[300], &targets), None, 0.1)
+            .unwrap();
+        backward(&loss).unwrap();
+        [
+            loss,
+            x.grad().unwrap(),
+            w.grad().unwrap(),
+            table.grad().unwrap(),
+        ]
+        .map(|t| t.to_vec_f32().unwrap())
+    };
+    let on = |n| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build()
+            .unwrap()
+            .install(run)
+    };
+    assert!(on(1) == on(3), "results differ between 1 and 3 threads");
+}
+
+#[test]
+fn meta_device_allocates_like_host() {
+    let go = |backing: Backing| {
+        let a = Arena::new(ArenaConfig {
+            backing,
+            ..Default::default()
+        })
+        .unwrap();
+        let x = Tensor::zeros(&a, &[37, 300], DType::BF16, Tag::Parameter)
+            .unwrap()
+            .requires_grad();
+        let w = Tensor::zeros(&a, &[300], DType::BF16, Tag::Parameter)
+            .unwrap()
+            .requires_grad();
+        let table = Tensor::zeros(&a, &[11, 300], DType::BF16, Tag::Parameter)
+            .unwrap()
+            .requires_grad();
+        let i = Tensor::zeros(&a, &[37], DType::I32, Tag::Data).unwrap();
+        let m = Tensor::zeros(&a, &[300], DType::U8, Tag::Data).unwrap();
+        let h = x
+            .layer_norm(Some(&w), Some(&w), 1e-5)
+            .unwrap()
+            .dropout(0.1, &mut Rng::new(1))
+            .unwrap();
+        let h = Tensor::concat(&[&h, &table.embedding(&i).unwrap()], 1)
+            .unwrap()
+            .split(&[300, 300], 1)
+            .unwrap();
+        let h = h[0]
+            .masked_fill(&m, 0.0)
+            .unwrap()
+            .index_select(1, &i)
+            .unwrap();
+        let h = Tensor::where_cond(&m.slice(0, 0, 37).unwrap(), &h, &h).unwrap();
+        let loss = h
+            .cross_entropy(&i, Some(-100), 0.1)
+            .unwrap()
+            .add(&h.mse_loss(&h).unwrap())
+            .unwrap()
+            .add(&h.l1_loss(&h).unwrap())
+            .unwrap();
+        backward(&loss).unwrap();
+        let s = a.stats();
+        (
+            s.allocs,
+            s.frees,
+            s.allocated.peak,
+            s.tag(Tag::Activation).allocated.peak,
+            s.tag(Tag::Workspace).allocated.peak,
+        )
+    };
+    assert_eq!(go(Backing::Host), go(Backing::Meta));
+}
+
+#[test]
+fn bad_input_is_an_error_naming_op_and_shapes() {
+    let a = Arena::host();
+    let err = |r: headroom::Result<Tensor>| r.unwrap_err().to_string();
+    let x = Tensor::zeros(&a, &[4, 3], DType::F32, Tag::Data).unwrap();
+    let h = Tensor::zeros(&a, &[4, 3], DType::F16, Tag::Data).unwrap();
+
+    let e = err(x.cross_entropy(&ids(&a, &[4], &[0, 1, 3, 0]), None, 0.0));
+    assert!(
+        e.contains("cross_entropy")
+            && e.contains("target 3")
+            && e.contains("[4, 3]")
+            && e.contains("index"),
+        "{e}"
+    );
+    let e = err(x.cross_entropy(&ids(&a, &[4], &[0, -1, 2, 0]), Some(-100), 0.0));
+    assert!(
+        e.contains("cross_entropy") && e.contains("target -1") && e.contains("ignore_index -100"),
+        "{e}"
+    );
+    let e = err(x.cross_entropy(&ids(&a, &[5], &[0; 5]), None, 0.0));
+    assert!(
+        e.contains("cross_entropy") && e.contains("[4, 3]") && e.contains("[5]"),
+        "{e}"
+    );
+    let e = err(x.cross_entropy(&x.sum(&[1], false).unwrap(), None, 0.0));
+    assert!(e.contains("cross_entropy") && e.contains("i32"), "{e}");
+    assert!(err(x.cross_entropy(&ids(&a, &[4], &[0; 4]), None, 1.5)).contains("label_smoothing"));
+
+    let e = err(x.mse_loss(&Tensor::zeros(&a, &[3, 4], DType::F32, Tag::Data).unwrap()));
+    assert!(
+        e.contains("mse_loss") && e.contains("[4, 3]") && e.contains("[3, 4]"),
+        "{e}"
+    );
+    let e = err(x.l1_loss(&h));
+    assert!(e.contains("l1_loss") && e.contains("f16"), "{e}");
+
+    let e = err(x.layer_norm(
+        Some(&Tensor::zeros(&a, &[4], DType::F32, Tag::Data).unwrap()),
+        None,
+        1e-5,
+    ));
+    assert!(
+        e.contains("layer_norm") && e.contains("[4]") && e.contains("[4, 3]") && e.contains("[3]"),
+        "{e}"
+    );
+    let e = err(x.layer_norm(
+        None,
+        Some(&Tensor::zeros(&a, &[3], DType::F16, Tag::Data).unwrap()),
+        1e-5,
+    ));
+    assert!(e.contains("layer_norm") && e.contains("f16"), "{e}");
+
+    let e = err(x.embedding(&ids(&a, &[2], &[1, 4])));
+    assert!(
+        e.contains("embedding")
+            && e.contains("id 4")
+            && e.contains("[0, 4)")
+            && e.contains("[4, 3]"),
+        "{e}"
+    );
+    let e = err(x.embedding(&ids(&a, &[1], &[-2])));
+    assert!(e.contains("embedding") && e.contains("id -2"), "{e}");
+    assert!(err(x.embedding(&mask(&a, &[1], &[0]))).contains("i32"));
+    assert!(err(x.reshape(&[12]).unwrap().embedding(&ids(&a, &[1], &[0]))).contains("[12]"));
+
+    let e = err(x.dropout(1.0, &mut Rng::new(0)));
+    assert!(
+        e.contains("dropout") && e.contains("[0, 1)") && e.contains("[4, 3]"),
+        "{e}"
+    );
+    assert!(err(x.dropout(-0.1, &mut Rng::new(0))).contains("dropout"));
+
+    let e = err(Tensor::concat(
+        &[
+            &x,
+            &Tensor::zeros(&a, &[4, 2, 1], DType::F32, Tag::Data).unwrap(),
+        ],
+        1,
+    ));
+    assert!(
+        e.contains("concat") && e.contains("[4, 3]") && e.contains("[4, 2, 1]"),
+        "{e}"
+    );
+    let e = err(Tensor::concat(&[&x, &x.transpose(0, 1).unwrap()], 1));
+    assert!(e.contains("concat") && e.contains("[3, 4]"), "{e}");
+    assert!(err(Tensor::concat(&[&x, &h], 0)).contains("f16"));
+    assert!(err(Tensor::concat(&[], 0)).contains("concat"));
+    let e = x.split(&[1, 1], 1).unwrap_err().to_string();
+    assert!(
+        e.contains("split") && e.contains("[1, 1]") && e.contains("[4, 3]"),
+        "{e}"
+    );
+    let e = err(x.index_select(1, &ids(&a, &[2], &[0, 3])));
+    assert!(
+        e.contains("index_select") && e.contains("index 3") && e.contains("[4, 3]"),
+        "{e}"
+    );
+    assert!(err(x.index_select(0, &ids(&a, &[1, 1], &[0]))).contains("1-D"));
+    assert!(err(x.index_select(2, &ids(&a, &[1], &[0]))).contains("index_select"));
+
+    let e = err(x.masked_fill(&mask(&a, &[2], &[0, 1]), 0.0));
+    assert!(
+        e.contains("masked_fill") && e.contains("[4, 3]") && e.contains("[2]"),
+        "{e}"
+    );
+    let e = err(x.masked_fill(&mask(&a, &[2, 4, 3], &[0; 24]), 0.0));
+    assert!(e.contains("masked_fill") && e.contains("[2, 4, 3]"), "{e}");
+    assert!(err(x.masked_fill(&ids(&a, &[3], &[0; 3]), 0.0)).contains("u8"));
+    let e = err(Tensor::where_cond(&mask(&a, &[3], &[0; 3]), &x, &h));
+    assert!(e.contains("where_cond") && e.contains("f16"), "{e}");
+    let e = err(Tensor::where_cond(&mask(&a, &[5], &[0; 5]), &x, &x));
+    assert!(e.contains("where_cond") && e.contains("[5]"), "{e}");
 }
