@@ -3,8 +3,12 @@
 //! type. Each output element is produced by one worker in a fixed order, so
 //! results do not depend on the thread count.
 
+pub mod dropout;
 pub mod elementwise;
+pub mod index;
+pub mod loss;
 pub mod matmul;
+pub mod norm;
 pub mod reduce;
 
 /// Elements below which a kernel stays on the calling thread: splitting

@@ -4,8 +4,13 @@
 //! runs the device's kernel (none on the meta device) and records its
 //! backward on the tape with the tensors it saves.
 
+mod dropout;
 mod elementwise;
+mod embedding;
+mod index;
+mod loss;
 mod matmul;
+mod norm;
 mod reduce;
 mod shape;
 
