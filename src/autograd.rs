@@ -211,10 +211,10 @@ pub fn backward_with(output: &Tensor, grad: Tensor) -> Result<()> {
             format!("gradient {:?} {} for output {:?} {}", grad.shape(), grad.dtype(), output.shape(), output.dtype()),
         ));
     }
-    let mut nodes = TAPE.with(|t| std::mem::take(&mut *t.borrow_mut()));
     if !output.requires_grad_flag() {
         return Err(Error::invalid("backward", "the output does not depend on anything that requires grad"));
     }
+    let mut nodes = TAPE.with(|t| std::mem::take(&mut *t.borrow_mut()));
     let _no_grad = no_grad();
     let mut grads: HashMap<u64, Tensor> = HashMap::new();
     if output.is_leaf() {

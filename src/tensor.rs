@@ -349,7 +349,7 @@ impl Tensor {
     /// Resolve an axis given by a user, with an error naming `op`.
     pub fn check_axis(&self, op: &'static str, d: isize) -> Result<usize> {
         let r = self.rank() as isize;
-        if d < -r || d >= r.max(1) {
+        if d < -r || d >= r {
             return Err(Error::index(op, format!("axis {d} for a tensor of shape {:?}", self.shape())));
         }
         Ok(self.axis(d))

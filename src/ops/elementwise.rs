@@ -41,6 +41,7 @@ fn binary_raw(op: Bin, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let name = op.name();
     same_arena(name, &[a, b])?;
     same_dtype(name, a, b)?;
+    super::float_only(name, a)?;
     let shape = super::broadcast_shapes(name, a.shape(), b.shape())?;
     let out = output(name, a, &shape, a.dtype())?;
     if !out.is_meta() {
@@ -161,6 +162,7 @@ impl Unary {
 
 fn unary_raw(op: Unary, x: &Tensor, f: impl Fn(f32) -> f32 + Sync) -> Result<Tensor> {
     let name = op.name();
+    super::float_only(name, x)?;
     let x = x.contiguous_untracked(name)?;
     let out = output(name, &x, x.shape(), x.dtype())?;
     if !out.is_meta() {
@@ -203,6 +205,7 @@ fn unary(op: Unary, x: &Tensor) -> Result<Tensor> {
 }
 
 fn scalar_op(name: &'static str, x: &Tensor, mul: f32, add: f32) -> Result<Tensor> {
+    super::float_only(name, x)?;
     let x2 = x.contiguous_untracked(name)?;
     let out = output(name, &x2, x2.shape(), x2.dtype())?;
     if !out.is_meta() {
@@ -267,6 +270,10 @@ impl Tensor {
     pub fn to_dtype(&self, dtype: DType) -> Result<Tensor> {
         if dtype == self.dtype() {
             return Ok(self.clone());
+        }
+        super::float_only("to_dtype", self)?;
+        if !dtype.is_float() {
+            return Err(crate::error::Error::dtype("to_dtype", format!("cannot convert to {dtype}: only between f32, f16 and bf16")));
         }
         let x = self.contiguous_untracked("to_dtype")?;
         let out = output("to_dtype", &x, x.shape(), dtype)?;

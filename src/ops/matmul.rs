@@ -25,6 +25,7 @@ impl Tensor {
         }
         same_arena("matmul", &[a, b])?;
         same_dtype("matmul", a, b)?;
+        super::float_only("matmul", a)?;
         if b.rank() == 2 && a.rank() > 2 {
             let k = a.dim(-1);
             let rows = a.numel() / k.max(1);

@@ -35,6 +35,15 @@ pub(crate) fn same_arena(op: &'static str, ts: &[&Tensor]) -> Result<()> {
     Ok(())
 }
 
+/// A float dtype, checked before anything is allocated so the meta device
+/// rejects exactly what the CPU rejects.
+pub(crate) fn float_only(op: &'static str, t: &Tensor) -> Result<()> {
+    if !t.dtype().is_float() {
+        return Err(Error::dtype(op, format!("{:?} is {}; this op takes f32, f16 or bf16", t.shape(), t.dtype())));
+    }
+    Ok(())
+}
+
 /// Inputs must share a dtype (mixed precision casts explicitly).
 pub(crate) fn same_dtype(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
     if a.dtype() != b.dtype() {

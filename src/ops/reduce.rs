@@ -45,6 +45,7 @@ fn sum_raw(op: &'static str, x: &Tensor, reduce: &[bool], keepdim: bool, scale: 
 }
 
 fn sum_op(op: &'static str, x: &Tensor, axes: &[isize], keepdim: bool, mean: bool) -> Result<Tensor> {
+    super::float_only(op, x)?;
     let reduce = resolve(op, x, axes)?;
     let count: usize = (0..x.rank()).filter(|&d| reduce[d]).map(|d| x.shape()[d]).product();
     let scale = if mean { 1.0 / count.max(1) as f64 } else { 1.0 };
@@ -98,6 +99,7 @@ impl Tensor {
 
     /// Maximum along `axis`; the gradient flows to the first maximum.
     pub fn max(&self, axis: isize, keepdim: bool) -> Result<Tensor> {
+        super::float_only("max", self)?;
         let d = self.check_axis("max", axis)?;
         let mut reduce = vec![false; self.rank()];
         reduce[d] = true;
@@ -146,6 +148,7 @@ impl Tensor {
 
 fn softmax_op(x: &Tensor, axis: isize, log: bool) -> Result<Tensor> {
     let op = if log { "log_softmax" } else { "softmax" };
+    super::float_only(op, x)?;
     let d = x.check_axis(op, axis)?;
     let last = x.rank().saturating_sub(1);
     if d != last {
