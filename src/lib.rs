@@ -13,6 +13,7 @@ pub mod autograd;
 pub mod cpu;
 pub mod error;
 pub mod ops;
+pub mod optim;
 pub mod tensor;
 
 pub use alloc::{Arena, ArenaConfig, Tag};

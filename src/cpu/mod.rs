@@ -5,6 +5,7 @@
 
 pub mod elementwise;
 pub mod matmul;
+pub mod optim;
 pub mod reduce;
 
 /// Elements below which a kernel stays on the calling thread: splitting
