@@ -6,7 +6,7 @@ use crate::autograd::{self, no_grad};
 use crate::data::{spoken_digits, Sequences};
 use crate::error::Result;
 use crate::model::{Classifier, ClassifierConfig};
-use crate::optim::{clip_grad_norm, AdamW};
+use crate::optim::{clip_grad_norm, AdamW, AdamWConfig, Optimizer};
 use crate::rng::Rng;
 use crate::tensor::DType;
 use serde::Serialize;
@@ -103,7 +103,10 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainReport> {
         &mut rng,
     )?;
     let params: Vec<_> = model.params().into_iter().map(|(_, t)| t).collect();
-    let mut opt = AdamW::new(params.clone(), cfg.lr, cfg.weight_decay);
+    let mut opt = AdamW::new(
+        params.clone(),
+        AdamWConfig { lr: cfg.lr as f64, weight_decay: cfg.weight_decay as f64, ..Default::default() },
+    )?;
     let per_epoch = train_set.n / cfg.batch;
     let total = cfg.steps.unwrap_or(cfg.epochs * per_epoch);
     if cfg.progress {

@@ -4,7 +4,7 @@ use headroom::alloc::{Arena, Tag};
 use headroom::autograd::{backward, reset_saved_peak, saved_bytes};
 use headroom::data::spoken_digits;
 use headroom::model::{Classifier, ClassifierConfig};
-use headroom::optim::AdamW;
+use headroom::optim::{AdamW, AdamWConfig, Optimizer};
 use headroom::rng::Rng;
 use headroom::train::{train, TrainConfig};
 use headroom::DType;
@@ -52,7 +52,7 @@ fn every_tensor_byte_is_in_the_arena() {
     let mut rng = Rng::new(1);
     let model = small_model(&arena, &mut rng);
     let params: Vec<_> = model.params().into_iter().map(|(_, t)| t).collect();
-    let mut opt = AdamW::new(params.clone(), 1e-3, 0.0);
+    let mut opt = AdamW::new(params.clone(), AdamWConfig::default()).unwrap();
     let (set, _) = spoken_digits().unwrap();
     let (x, y) = set.batch(&arena, &(0..8).collect::<Vec<_>>(), DType::F32).unwrap();
     let loss = model.forward(&x, Some(&mut rng)).unwrap().cross_entropy(&y, None, 0.0).unwrap();
@@ -63,7 +63,8 @@ fn every_tensor_byte_is_in_the_arena() {
     let mut seen = HashSet::new();
     let mut held = 0;
     let grads: Vec<_> = params.iter().filter_map(|p| p.grad()).collect();
-    for t in params.iter().chain(&grads).chain(opt.state_tensors().iter()).chain([&x, &y]) {
+    let state: Vec<_> = opt.state_tensors().into_iter().map(|s| s.tensor).collect();
+    for t in params.iter().chain(&grads).chain(&state).chain([&x, &y]) {
         if seen.insert(t.storage().block().location()) {
             held += t.storage().block().size();
         }

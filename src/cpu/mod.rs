@@ -9,6 +9,7 @@ pub mod index;
 pub mod loss;
 pub mod matmul;
 pub mod norm;
+pub mod optim;
 pub mod reduce;
 
 /// Elements below which a kernel stays on the calling thread: splitting
