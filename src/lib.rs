@@ -10,6 +10,7 @@ pub mod kernels {
     include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
 }
 pub mod autograd;
+pub mod bench;
 pub mod cpu;
 pub mod error;
 pub mod ops;
