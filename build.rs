@@ -10,7 +10,8 @@ fn main() {
         .unwrap_or_default();
     names.retain(|n| n.ends_with(".cu") || n.ends_with(".cuh"));
     names.sort();
-    let mut out = String::from("/// Embedded kernel sources: (file name, text).\npub const SOURCES: &[(&str, &str)] = &[\n");
+    let mut out =
+        String::from("/// Embedded kernel sources: (file name, text).\npub const SOURCES: &[(&str, &str)] = &[\n");
     let root = env::var("CARGO_MANIFEST_DIR").unwrap();
     for n in &names {
         out += &format!("    ({n:?}, include_str!({:?})),\n", Path::new(&root).join("kernels").join(n));

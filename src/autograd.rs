@@ -235,12 +235,18 @@ pub fn backward_with(output: &Tensor, grad: Tensor) -> Result<()> {
         let op = node.op;
         drop(node); // saved tensors go now, before the gradients pile up
         if gin.len() != inputs.len() {
-            return Err(Error::invalid(op, format!("backward returned {} gradients for {} inputs", gin.len(), inputs.len())));
+            return Err(Error::invalid(
+                op,
+                format!("backward returned {} gradients for {} inputs", gin.len(), inputs.len()),
+            ));
         }
         for ((target, g), shape) in inputs.into_iter().zip(gin).zip(shapes) {
             let (Some(target), Some(g)) = (target, g) else { continue };
             if g.shape() != shape.as_slice() {
-                return Err(Error::invalid(op, format!("backward gave a gradient of shape {:?} for an input of shape {shape:?}", g.shape())));
+                return Err(Error::invalid(
+                    op,
+                    format!("backward gave a gradient of shape {:?} for an input of shape {shape:?}", g.shape()),
+                ));
             }
             match target {
                 Target::Leaf(t) => accumulate_leaf(&t, g)?,

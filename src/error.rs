@@ -7,17 +7,35 @@ use std::fmt;
 #[derive(Debug)]
 pub enum Error {
     /// Shapes that do not fit together.
-    Shape { op: &'static str, msg: String },
+    Shape {
+        op: &'static str,
+        msg: String,
+    },
     /// A dtype the op does not take.
-    DType { op: &'static str, msg: String },
+    DType {
+        op: &'static str,
+        msg: String,
+    },
     /// An index outside its range.
-    Index { op: &'static str, msg: String },
+    Index {
+        op: &'static str,
+        msg: String,
+    },
     /// Tensors on different arenas or devices, or data asked of a meta tensor.
-    Device { op: &'static str, msg: String },
+    Device {
+        op: &'static str,
+        msg: String,
+    },
     /// Anything else the caller got wrong (bad settings, misuse of autograd).
-    Invalid { op: &'static str, msg: String },
+    Invalid {
+        op: &'static str,
+        msg: String,
+    },
     OutOfMemory(OutOfMemory),
-    Io { path: String, msg: String },
+    Io {
+        path: String,
+        msg: String,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -9,6 +9,7 @@
 
 pub mod alloc;
 pub mod autograd;
+pub mod bench;
 pub mod cpu;
 pub mod data;
 pub mod error;

@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use headroom::alloc::{fmt_bytes, parse_bytes, Arena, ArenaConfig, Tag};
+use headroom::bench;
 use headroom::train::{train, TrainConfig};
 use std::process::ExitCode;
 
@@ -24,6 +25,27 @@ enum Command {
         #[arg(long, default_value = "256MiB", value_parser = parse_bytes)]
         budget: usize,
     },
+    /// Time kernels through the public tensor ops and compare each with this
+    /// machine's peak (derived and printed).
+    Bench {
+        /// Kernels to run (default: all); `--list` names them.
+        kernels: Vec<String>,
+        /// List the kernels and their shapes, run nothing.
+        #[arg(long)]
+        list: bool,
+        /// Seconds of timed calls per shape, after a warm-up.
+        #[arg(long, default_value_t = 0.3)]
+        min_time: f64,
+        /// One JSON object per line: the machine, then one per result.
+        #[arg(long)]
+        json: bool,
+        /// Threads to run on (default: one per online CPU).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// CPU clock for the compute peak, when /proc/cpuinfo has none or is wrong.
+        #[arg(long)]
+        clock_mhz: Option<f64>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -31,6 +53,15 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Train(args) => run_train(args),
         Command::AllocDemo { budget } => alloc_demo(budget),
+        Command::Bench { kernels, list, min_time, json, threads, clock_mhz } => {
+            if list {
+                print!("{}", bench::list());
+                Ok(())
+            } else {
+                let opts = bench::Options { kernels, min_time, json, threads, clock_mhz };
+                bench::run(&opts, &mut std::io::stdout()).map_err(Into::into)
+            }
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -53,7 +84,8 @@ fn alloc_demo(budget: usize) -> Result<(), Box<dyn std::error::Error>> {
     for _ in 0..layers {
         saved.push(arena.alloc(act, Tag::Activation, "linear"));
     }
-    let grads: Vec<_> = (0..layers).map(|_| arena.alloc(weight, Tag::Gradient, "linear.backward")).collect::<Result<_, _>>()?;
+    let grads: Vec<_> =
+        (0..layers).map(|_| arena.alloc(weight, Tag::Gradient, "linear.backward")).collect::<Result<_, _>>()?;
     while let Some(a) = saved.pop() {
         let _tmp = arena.alloc(act, Tag::Temporary, "linear.backward")?;
         drop(a);

@@ -34,10 +34,11 @@ impl Classifier {
     pub fn new(arena: &Arena, config: ClassifierConfig, rng: &mut Rng) -> Result<Classifier> {
         let c = &config;
         let input = Linear::new(arena, c.features, c.dim, true, rng)?;
-        let positions =
-            Tensor::randn(arena, &[c.frames, c.dim], 0.02, DType::F32, crate::alloc::Tag::Parameter, rng)?.requires_grad();
-        let blocks =
-            (0..c.layers).map(|_| Block::new(arena, c.dim, c.heads, c.hidden, c.dropout, rng)).collect::<Result<_>>()?;
+        let positions = Tensor::randn(arena, &[c.frames, c.dim], 0.02, DType::F32, crate::alloc::Tag::Parameter, rng)?
+            .requires_grad();
+        let blocks = (0..c.layers)
+            .map(|_| Block::new(arena, c.dim, c.heads, c.hidden, c.dropout, rng))
+            .collect::<Result<_>>()?;
         let norm = LayerNorm::new(arena, c.dim)?;
         let head = Linear::new(arena, c.dim, c.classes, true, rng)?;
         Ok(Classifier { config, input, positions, blocks, norm, head })

@@ -40,7 +40,10 @@ impl Linear {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (inputs, outputs) = (self.weight.dim(1), self.weight.dim(0));
         if x.rank() == 0 || x.dim(-1) != inputs {
-            return Err(Error::shape("linear", format!("input {:?} for a {inputs}→{outputs} layer: the last dimension must be {inputs}", x.shape())));
+            return Err(Error::shape(
+                "linear",
+                format!("input {:?} for a {inputs}→{outputs} layer: the last dimension must be {inputs}", x.shape()),
+            ));
         }
         let w = self.weight.to_dtype(x.dtype())?;
         let y = x.matmul(&w.transpose(0, 1)?)?;
@@ -92,7 +95,11 @@ impl SelfAttention {
         if heads == 0 || dim % heads != 0 {
             return Err(Error::invalid("attention", format!("model width {dim} does not split into {heads} heads")));
         }
-        Ok(SelfAttention { qkv: Linear::new(arena, dim, 3 * dim, true, rng)?, out: Linear::new(arena, dim, dim, true, rng)?, heads })
+        Ok(SelfAttention {
+            qkv: Linear::new(arena, dim, 3 * dim, true, rng)?,
+            out: Linear::new(arena, dim, dim, true, rng)?,
+            heads,
+        })
     }
 
     /// `x` is [B, T, D]; `key_padding` (u8 [B, T], 1 = padded frame) hides
@@ -102,7 +109,8 @@ impl SelfAttention {
         let (h, hd) = (self.heads, d / self.heads);
         // [B, T, 3, H, hd] → three [B, H, T, hd] views.
         let qkv = self.qkv.forward(x)?.reshape(&[b, t, 3, h, hd])?.permute(&[2, 0, 3, 1, 4])?;
-        let (q, k, v) = (qkv.slice(0, 0, 1)?.squeeze(0)?, qkv.slice(0, 1, 2)?.squeeze(0)?, qkv.slice(0, 2, 3)?.squeeze(0)?);
+        let (q, k, v) =
+            (qkv.slice(0, 0, 1)?.squeeze(0)?, qkv.slice(0, 1, 2)?.squeeze(0)?, qkv.slice(0, 2, 3)?.squeeze(0)?);
         let mut scores = q.matmul(&k.transpose(-1, -2)?)?.mul_scalar(1.0 / (hd as f32).sqrt())?;
         if let Some(m) = key_padding {
             scores = scores.masked_fill(&m.reshape(&[b, 1, 1, t])?, f32::NEG_INFINITY)?;

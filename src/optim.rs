@@ -263,7 +263,10 @@ pub fn clip_grad_norm(params: &[Tensor], max_norm: f32) -> Result<f32> {
     let grads: Vec<Tensor> = params.iter().filter_map(|p| p.grad()).filter(|g| !g.is_meta()).collect();
     let mut sq = 0f64;
     for g in &grads {
-        let g = g.contiguous_untracked("clip_grad_norm")?;
+        // Checked before any gradient is scaled, so an error leaves all of them as they were.
+        if !g.is_contiguous() {
+            return Err(Error::invalid("clip_grad_norm", format!("a gradient {:?} is a strided view", g.shape())));
+        }
         sq += with_float!("clip_grad_norm", g.dtype(), |T| k::sum_squares::<T>(g.data::<T>()?));
     }
     let norm = sq.sqrt();

@@ -270,7 +270,14 @@ impl Tensor {
     }
 
     /// Uniform samples in `[-bound, bound)`.
-    pub fn uniform(arena: &Arena, shape: &[usize], bound: f32, dtype: DType, tag: Tag, rng: &mut Rng) -> Result<Tensor> {
+    pub fn uniform(
+        arena: &Arena,
+        shape: &[usize],
+        bound: f32,
+        dtype: DType,
+        tag: Tag,
+        rng: &mut Rng,
+    ) -> Result<Tensor> {
         let n = shape.iter().product();
         let v: Vec<f32> = (0..n).map(|_| (rng.uniform() * 2.0 - 1.0) * bound).collect();
         Tensor::from_f32(arena, shape, &v, dtype, tag)
@@ -304,12 +311,26 @@ impl Tensor {
 
     /// This tensor as an output of a recorded op: requires grad, not a leaf.
     pub(crate) fn as_op_output(&self) -> Tensor {
-        Tensor::from_storage(self.0.storage.clone(), self.0.shape.clone(), self.0.strides.clone(), self.0.offset, true, false)
+        Tensor::from_storage(
+            self.0.storage.clone(),
+            self.0.shape.clone(),
+            self.0.strides.clone(),
+            self.0.offset,
+            true,
+            false,
+        )
     }
 
     /// A leaf that collects gradients in `.grad` (a parameter).
     pub fn requires_grad(&self) -> Tensor {
-        Tensor::from_storage(self.0.storage.clone(), self.0.shape.clone(), self.0.strides.clone(), self.0.offset, true, true)
+        Tensor::from_storage(
+            self.0.storage.clone(),
+            self.0.shape.clone(),
+            self.0.strides.clone(),
+            self.0.offset,
+            true,
+            true,
+        )
     }
 
     /// The same bytes, cut from the tape.
@@ -474,7 +495,10 @@ impl Tensor {
     /// The value of a one-element tensor.
     pub fn item(&self) -> Result<f32> {
         if self.numel() != 1 {
-            return Err(Error::shape("item", format!("tensor of shape {:?} has {} elements, not 1", self.shape(), self.numel())));
+            return Err(Error::shape(
+                "item",
+                format!("tensor of shape {:?} has {} elements, not 1", self.shape(), self.numel()),
+            ));
         }
         Ok(self.to_vec_f32()?[0])
     }

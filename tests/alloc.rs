@@ -1,8 +1,6 @@
 //! The arena's contract: placement, accounting, budget and trace.
 
-use headroom::alloc::{
-    Arena, ArenaConfig, Backing, Block, OomReason, Tag, TraceKind, GRANULE, PAGE_SIZE, SMALL_LIMIT,
-};
+use headroom::alloc::{Arena, ArenaConfig, Backing, Block, OomReason, Tag, TraceKind, GRANULE, PAGE_SIZE, SMALL_LIMIT};
 use headroom::rng::Rng;
 
 const MIB: usize = 1 << 20;
@@ -223,7 +221,9 @@ fn over_budget_request_is_an_error_with_every_field_right() {
     assert_eq!(err.by_tag, [10 * MIB, 6 * MIB, 0, 0, 0, 0, 0]);
     assert_eq!(err.reason, OomReason::Budget);
     let msg = err.to_string();
-    for part in ["matmul", "20.00 MiB", "activation", "32.00 MiB", "parameter 10.00 MiB", "gradient 6.00 MiB", "headroom fit"] {
+    for part in
+        ["matmul", "20.00 MiB", "activation", "32.00 MiB", "parameter 10.00 MiB", "gradient 6.00 MiB", "headroom fit"]
+    {
         assert!(msg.contains(part), "message lacks `{part}`: {msg}");
     }
     // The arena is unchanged and still serves what fits.

@@ -146,8 +146,7 @@ impl Segment for HostSegment {
         // DONTNEED frees the pages now; PROT_NONE drops the commit charge and
         // turns any stale pointer into a fault instead of silent reuse.
         let ok = unsafe {
-            libc::madvise(addr, len, libc::MADV_DONTNEED) == 0
-                && libc::mprotect(addr, len, libc::PROT_NONE) == 0
+            libc::madvise(addr, len, libc::MADV_DONTNEED) == 0 && libc::mprotect(addr, len, libc::PROT_NONE) == 0
         };
         if ok {
             Ok(())

@@ -17,22 +17,12 @@ pub fn dropout<T: Float>(x: &[T], seed: u64, p: f32, out: &mut [T]) {
     let chunk = |(c, (o, x)): (usize, (&mut [T], &[T]))| {
         let mut r = base.fork(c as u64);
         for (o, v) in o.iter_mut().zip(x) {
-            *o = T::from_f32(if r.uniform() >= p {
-                v.to_f32() * scale
-            } else {
-                0.0
-            });
+            *o = T::from_f32(if r.uniform() >= p { v.to_f32() * scale } else { 0.0 });
         }
     };
     if out.len() >= PAR_MIN {
-        out.par_chunks_mut(CHUNK)
-            .zip(x.par_chunks(CHUNK))
-            .enumerate()
-            .for_each(chunk);
+        out.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).enumerate().for_each(chunk);
     } else {
-        out.chunks_mut(CHUNK)
-            .zip(x.chunks(CHUNK))
-            .enumerate()
-            .for_each(chunk);
+        out.chunks_mut(CHUNK).zip(x.chunks(CHUNK)).enumerate().for_each(chunk);
     }
 }

@@ -8,9 +8,7 @@ use rayon::prelude::*;
 
 /// The first index outside `[0, n)`, as (position, index).
 pub fn first_out_of_range(idx: &[i32], n: usize) -> Option<(usize, i32)> {
-    idx.iter()
-        .position(|&i| i < 0 || i as usize >= n)
-        .map(|k| (k, idx[k]))
+    idx.iter().position(|&i| i < 0 || i as usize >= n).map(|k| (k, idx[k]))
 }
 
 /// Sources of widths `widths[i]` per outer row, side by side in `out`.
@@ -35,13 +33,7 @@ pub fn concat<T: Copy + Send + Sync>(srcs: &[&[T]], widths: &[usize], out: &mut 
 
 /// `out[o, k, :] = src[o, idx[k], :]` for `src` `[outer, n, inner]` and `out`
 /// `[outer, len(idx), inner]`; indices already checked.
-pub fn gather<T: Copy + Send + Sync>(
-    src: &[T],
-    n: usize,
-    inner: usize,
-    idx: &[i32],
-    out: &mut [T],
-) {
+pub fn gather<T: Copy + Send + Sync>(src: &[T], n: usize, inner: usize, idx: &[i32], out: &mut [T]) {
     if inner == 0 || idx.is_empty() {
         return;
     }
@@ -65,14 +57,7 @@ const COLS: usize = 64;
 /// adds in a fixed order, so the result does not depend on the thread
 /// count. `csr` (`n + 1 + len(idx)` i32s) receives the positions bucketed
 /// by index (a stable counting sort).
-pub fn scatter_add<T: Float>(
-    src: &[T],
-    n: usize,
-    inner: usize,
-    idx: &[i32],
-    csr: &mut [i32],
-    dst: &mut [T],
-) {
+pub fn scatter_add<T: Float>(src: &[T], n: usize, inner: usize, idx: &[i32], csr: &mut [i32], dst: &mut [T]) {
     if inner == 0 || n == 0 {
         return;
     }
@@ -117,13 +102,7 @@ pub fn scatter_add<T: Float>(
 
 /// `out = cond ? a : b` over `shape`, operands already broadcast (stride 0
 /// on broadcast dims), `out` dense.
-pub fn select<T: Copy + Send + Sync>(
-    shape: &[usize],
-    cond: View<u8>,
-    a: View<T>,
-    b: View<T>,
-    out: &mut [T],
-) {
+pub fn select<T: Copy + Send + Sync>(shape: &[usize], cond: View<u8>, a: View<T>, b: View<T>, out: &mut [T]) {
     let cols = shape.last().copied().unwrap_or(1).max(1);
     let last = |s: &[usize]| s.last().copied().unwrap_or(0);
     let (sc, sa, sb) = (last(cond.strides), last(a.strides), last(b.strides));
@@ -132,11 +111,7 @@ pub fn select<T: Copy + Send + Sync>(
         let oa = row_offset(shape, a.strides, a.offset, r);
         let ob = row_offset(shape, b.strides, b.offset, r);
         for (j, o) in o.iter_mut().enumerate() {
-            *o = if cond.data[oc + j * sc] != 0 {
-                a.data[oa + j * sa]
-            } else {
-                b.data[ob + j * sb]
-            };
+            *o = if cond.data[oc + j * sc] != 0 { a.data[oa + j * sa] } else { b.data[ob + j * sb] };
         }
     };
     if out.len() >= PAR_MIN {

@@ -43,11 +43,7 @@ pub fn cross_entropy<T: Float>(x: &[T], cols: usize, l: &Labels, lse: &mut [f32]
             }
             let xt = row[l.targets[r] as usize].to_f32();
             // Skip the row sum when it has no weight (the common case).
-            let smooth = if eps == 0.0 {
-                0.0
-            } else {
-                row.iter().map(|v| v.to_f32()).sum::<f32>() / cols as f32
-            };
+            let smooth = if eps == 0.0 { 0.0 } else { row.iter().map(|v| v.to_f32()).sum::<f32>() / cols as f32 };
             acc += (*lse - (1.0 - eps) * xt - eps * smooth) as f64;
         }
         acc
@@ -62,14 +58,7 @@ pub fn cross_entropy<T: Float>(x: &[T], cols: usize, l: &Labels, lse: &mut [f32]
 
 /// `dx = scale·(softmax(x) − q)` on non-ignored rows, 0 on ignored ones;
 /// softmax comes back from the saved log-sum-exp.
-pub fn cross_entropy_backward<T: Float>(
-    x: &[T],
-    cols: usize,
-    l: &Labels,
-    lse: &[f32],
-    scale: f32,
-    dx: &mut [T],
-) {
+pub fn cross_entropy_backward<T: Float>(x: &[T], cols: usize, l: &Labels, lse: &[f32], scale: f32, dx: &mut [T]) {
     let eps = l.smoothing;
     let row = |(r, o): (usize, &mut [T])| {
         if l.ignored(r) {
@@ -91,18 +80,9 @@ pub fn cross_entropy_backward<T: Float>(
 
 /// `Σ f(p − t)` over dense operands of one length.
 pub fn pointwise_sum<T: Float>(p: &[T], t: &[T], f: impl Fn(f32) -> f32 + Sync) -> f64 {
-    let chunk = |(p, t): (&[T], &[T])| -> f64 {
-        p.iter()
-            .zip(t)
-            .map(|(p, t)| f(p.to_f32() - t.to_f32()) as f64)
-            .sum()
-    };
+    let chunk = |(p, t): (&[T], &[T])| -> f64 { p.iter().zip(t).map(|(p, t)| f(p.to_f32() - t.to_f32()) as f64).sum() };
     if p.len() >= PAR_MIN {
-        let parts: Vec<f64> = p
-            .par_chunks(PAR_MIN)
-            .zip(t.par_chunks(PAR_MIN))
-            .map(chunk)
-            .collect();
+        let parts: Vec<f64> = p.par_chunks(PAR_MIN).zip(t.par_chunks(PAR_MIN)).map(chunk).collect();
         parts.iter().sum()
     } else {
         p.chunks(PAR_MIN).zip(t.chunks(PAR_MIN)).map(chunk).sum()
@@ -110,12 +90,6 @@ pub fn pointwise_sum<T: Float>(p: &[T], t: &[T], f: impl Fn(f32) -> f32 + Sync) 
 }
 
 /// `out = scale·df(p − t)` (the target's gradient is the same with −scale).
-pub fn pointwise_backward<T: Float>(
-    p: &[T],
-    t: &[T],
-    scale: f32,
-    df: impl Fn(f32) -> f32 + Sync,
-    out: &mut [T],
-) {
+pub fn pointwise_backward<T: Float>(p: &[T], t: &[T], scale: f32, df: impl Fn(f32) -> f32 + Sync, out: &mut [T]) {
     super::elementwise::zip2::<T, T, T>(p, t, out, |p, t| scale * df(p - t));
 }

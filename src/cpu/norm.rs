@@ -45,17 +45,9 @@ pub fn layer_norm<T: Float>(
         }
     };
     if y.len() >= PAR_MIN {
-        y.par_chunks_mut(cols)
-            .zip(x.par_chunks(cols))
-            .zip(mean.par_iter_mut())
-            .zip(rstd.par_iter_mut())
-            .for_each(row);
+        y.par_chunks_mut(cols).zip(x.par_chunks(cols)).zip(mean.par_iter_mut()).zip(rstd.par_iter_mut()).for_each(row);
     } else {
-        y.chunks_mut(cols)
-            .zip(x.chunks(cols))
-            .zip(mean.iter_mut())
-            .zip(rstd.iter_mut())
-            .for_each(row);
+        y.chunks_mut(cols).zip(x.chunks(cols)).zip(mean.iter_mut()).zip(rstd.iter_mut()).for_each(row);
     }
 }
 
@@ -90,11 +82,8 @@ pub fn layer_norm_backward<T: Float>(
         Some(dx) => dx.chunks_mut(per * cols).map(Some).collect(),
         None => (0..nb).map(|_| None).collect(),
     };
-    let part: Vec<Option<&mut [f32]>> = if sums {
-        g.part.chunks_mut(2 * cols).map(Some).collect()
-    } else {
-        (0..nb).map(|_| None).collect()
-    };
+    let part: Vec<Option<&mut [f32]>> =
+        if sums { g.part.chunks_mut(2 * cols).map(Some).collect() } else { (0..nb).map(|_| None).collect() };
     let block = |(b, (dx, part)): (usize, (Option<&mut [T]>, Option<&mut [f32]>))| {
         let mut dx = dx;
         let mut part = part;
@@ -128,10 +117,7 @@ pub fn layer_norm_backward<T: Float>(
         }
     };
     if x.len() >= PAR_MIN {
-        dx.into_par_iter()
-            .zip(part.into_par_iter())
-            .enumerate()
-            .for_each(block);
+        dx.into_par_iter().zip(part.into_par_iter()).enumerate().for_each(block);
     } else {
         dx.into_iter().zip(part).enumerate().for_each(block);
     }

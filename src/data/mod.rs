@@ -27,7 +27,10 @@ impl Sequences {
         let bad = |e: npy::NpyError| Error::io(name, e);
         let (hx, hy) = (parse_header(x).map_err(bad)?, parse_header(y).map_err(bad)?);
         if hx.dtype != NpyDtype::F16 || hx.shape.len() != 3 || hy.dtype != NpyDtype::U8 || hy.shape != [hx.shape[0]] {
-            return Err(Error::io(name, format!("expected f16 [n, t, m] and u8 [n], found {:?} {:?}", hx.shape, hy.shape)));
+            return Err(Error::io(
+                name,
+                format!("expected f16 [n, t, m] and u8 [n], found {:?} {:?}", hx.shape, hy.shape),
+            ));
         }
         Ok(Sequences {
             x: &x[hx.data_offset..],

@@ -237,31 +237,19 @@ impl std::error::Error for NpyError {
 }
 
 fn escape_bytes(bytes: &[u8]) -> String {
-    bytes
-        .iter()
-        .flat_map(|b| std::ascii::escape_default(*b))
-        .map(char::from)
-        .collect()
+    bytes.iter().flat_map(|b| std::ascii::escape_default(*b)).map(char::from).collect()
 }
 
 /// Parses the header of a whole `.npy` file held in memory and checks that
 /// the data that follows has exactly the size the header promises.
 pub fn parse_header(bytes: &[u8]) -> Result<NpyHeader, NpyError> {
-    let truncated = |what, expected, found| NpyError::Truncated {
-        file: None,
-        what,
-        expected,
-        found,
-    };
+    let truncated = |what, expected, found| NpyError::Truncated { file: None, what, expected, found };
 
     // A short file that still matches the magic so far is truncated; anything
     // else that does not start with the magic is not a .npy file at all.
     let n = bytes.len().min(MAGIC.len());
     if bytes[..n] != MAGIC[..n] {
-        return Err(NpyError::BadMagic {
-            file: None,
-            found: bytes[..n].to_vec(),
-        });
+        return Err(NpyError::BadMagic { file: None, found: bytes[..n].to_vec() });
     }
     if bytes.len() < 8 {
         return Err(truncated("preamble", 8, bytes.len()));
@@ -272,22 +260,13 @@ pub fn parse_header(bytes: &[u8]) -> Result<NpyHeader, NpyError> {
         (1, 0) => (2, false),
         (2, 0) => (4, false),
         (3, 0) => (4, true),
-        _ => {
-            return Err(NpyError::UnsupportedVersion {
-                file: None,
-                major,
-                minor,
-            })
-        }
+        _ => return Err(NpyError::UnsupportedVersion { file: None, major, minor }),
     };
     let header_start = 8 + len_bytes;
     if bytes.len() < header_start {
         return Err(truncated("preamble", header_start, bytes.len()));
     }
-    let header_len = bytes[8..header_start]
-        .iter()
-        .rev()
-        .fold(0usize, |acc, &b| (acc << 8) | b as usize);
+    let header_len = bytes[8..header_start].iter().rev().fold(0usize, |acc, &b| (acc << 8) | b as usize);
     let data_offset = header_start + header_len;
     if bytes.len() < data_offset {
         return Err(truncated("header", data_offset, bytes.len()));
@@ -304,8 +283,7 @@ pub fn parse_header(bytes: &[u8]) -> Result<NpyHeader, NpyError> {
     })?;
 
     let (descr, fortran_order, shape) = parse_dict(text)?;
-    let dtype =
-        NpyDtype::from_descr(&descr).ok_or(NpyError::UnsupportedDtype { file: None, descr })?;
+    let dtype = NpyDtype::from_descr(&descr).ok_or(NpyError::UnsupportedDtype { file: None, descr })?;
     if fortran_order {
         return Err(NpyError::FortranOrder { file: None });
     }
@@ -314,35 +292,21 @@ pub fn parse_header(bytes: &[u8]) -> Result<NpyHeader, NpyError> {
     let data_len = shape
         .iter()
         .try_fold(dtype.size(), |acc, &d| acc.checked_mul(d))
-        .ok_or_else(|| NpyError::MalformedShape {
-            file: None,
-            found: format_shape(&shape),
-        })?;
+        .ok_or_else(|| NpyError::MalformedShape { file: None, found: format_shape(&shape) })?;
     let found = bytes.len() - data_offset;
     if found < data_len {
         return Err(truncated("data", data_len, found));
     }
     if found > data_len {
-        return Err(NpyError::TrailingBytes {
-            file: None,
-            expected: data_len,
-            found,
-        });
+        return Err(NpyError::TrailingBytes { file: None, expected: data_len, found });
     }
-    Ok(NpyHeader {
-        dtype,
-        shape,
-        data_offset,
-    })
+    Ok(NpyHeader { dtype, shape, data_offset })
 }
 
 /// Reads a whole `.npy` file; returns the header and the raw data bytes
 /// (little-endian, C order).
 pub fn read_npy(path: &Path) -> Result<(NpyHeader, Vec<u8>), NpyError> {
-    let mut bytes = fs::read(path).map_err(|source| NpyError::Io {
-        file: Some(path.to_path_buf()),
-        source,
-    })?;
+    let mut bytes = fs::read(path).map_err(|source| NpyError::Io { file: Some(path.to_path_buf()), source })?;
     let header = parse_header(&bytes).map_err(|e| e.with_file(path))?;
     // parse_header checked the data runs exactly to the end of the file.
     bytes.drain(..header.data_offset);
@@ -351,47 +315,26 @@ pub fn read_npy(path: &Path) -> Result<(NpyHeader, Vec<u8>), NpyError> {
 
 /// Writes a version 1.0 `.npy` file. `data` holds the raw little-endian
 /// elements in C order.
-pub fn write_npy(
-    path: &Path,
-    dtype: NpyDtype,
-    shape: &[usize],
-    data: &[u8],
-) -> Result<(), NpyError> {
+pub fn write_npy(path: &Path, dtype: NpyDtype, shape: &[usize], data: &[u8]) -> Result<(), NpyError> {
     let err_file = |e: NpyError| e.with_file(path);
     let expected = shape
         .iter()
         .try_fold(dtype.size(), |acc, &d| acc.checked_mul(d))
-        .ok_or_else(|| {
-            err_file(NpyError::MalformedShape {
-                file: None,
-                found: format_shape(shape),
-            })
-        })?;
+        .ok_or_else(|| err_file(NpyError::MalformedShape { file: None, found: format_shape(shape) }))?;
     if data.len() != expected {
-        return Err(err_file(NpyError::DataSizeMismatch {
-            file: None,
-            expected,
-            found: data.len(),
-        }));
+        return Err(err_file(NpyError::DataSizeMismatch { file: None, expected, found: data.len() }));
     }
 
     // Same dict layout as numpy.save, so the files are byte-identical.
-    let mut header = format!(
-        "{{'descr': '{}', 'fortran_order': False, 'shape': {}, }}",
-        dtype.descr(),
-        format_shape(shape)
-    );
+    let mut header =
+        format!("{{'descr': '{}', 'fortran_order': False, 'shape': {}, }}", dtype.descr(), format_shape(shape));
     // Pad with spaces so magic + version + length + header + '\n' is a
     // multiple of 64; NumPy aligns the data this way.
     let unpadded = MAGIC.len() + 2 + 2 + header.len() + 1;
     header.push_str(&" ".repeat((64 - unpadded % 64) % 64));
     header.push('\n');
-    let header_len = u16::try_from(header.len()).map_err(|_| {
-        err_file(NpyError::MalformedShape {
-            file: None,
-            found: format_shape(shape),
-        })
-    })?;
+    let header_len = u16::try_from(header.len())
+        .map_err(|_| err_file(NpyError::MalformedShape { file: None, found: format_shape(shape) }))?;
 
     let mut out = Vec::with_capacity(10 + header.len() + data.len());
     out.extend_from_slice(MAGIC);
@@ -399,10 +342,7 @@ pub fn write_npy(
     out.extend_from_slice(&header_len.to_le_bytes());
     out.extend_from_slice(header.as_bytes());
     out.extend_from_slice(data);
-    fs::write(path, out).map_err(|source| NpyError::Io {
-        file: Some(path.to_path_buf()),
-        source,
-    })
+    fs::write(path, out).map_err(|source| NpyError::Io { file: Some(path.to_path_buf()), source })
 }
 
 /// Python tuple syntax: `()`, `(5,)`, `(2, 3)`.
@@ -410,14 +350,7 @@ fn format_shape(shape: &[usize]) -> String {
     match shape {
         [] => "()".to_string(),
         [d] => format!("({d},)"),
-        _ => format!(
-            "({})",
-            shape
-                .iter()
-                .map(|d| d.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
+        _ => format!("({})", shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")),
     }
 }
 
@@ -497,18 +430,14 @@ impl<'a> Parser<'a> {
                 }
                 // Python: `(3,)` is a tuple but `(3)` is just 3.
                 if items.len() == 1 && !trailing_comma {
-                    let Some(item) = items.pop() else {
-                        unreachable!()
-                    };
+                    let Some(item) = items.pop() else { unreachable!() };
                     return Ok(item);
                 }
                 Ok(Literal::Tuple(items))
             }
             Some(_) => {
                 let rest = &self.text[self.pos..];
-                let end = rest
-                    .find(|c: char| c.is_whitespace() || ",:(){}[]'\"".contains(c))
-                    .unwrap_or(rest.len());
+                let end = rest.find(|c: char| c.is_whitespace() || ",:(){}[]'\"".contains(c)).unwrap_or(rest.len());
                 if end == 0 {
                     return Err(format!("unexpected '{}' at byte {}", &rest[..1], self.pos));
                 }
@@ -526,11 +455,8 @@ impl<'a> Parser<'a> {
 
 /// Returns (descr, fortran_order, shape).
 fn parse_dict(text: &str) -> Result<(String, bool, Vec<usize>), NpyError> {
-    let malformed = |reason: String| NpyError::MalformedHeader {
-        file: None,
-        reason,
-        header: text.trim_end().to_string(),
-    };
+    let malformed =
+        |reason: String| NpyError::MalformedHeader { file: None, reason, header: text.trim_end().to_string() };
     let mut p = Parser { text, pos: 0 };
     let mut descr = None;
     let mut fortran = None;
@@ -559,37 +485,23 @@ fn parse_dict(text: &str) -> Result<(String, bool, Vec<usize>), NpyError> {
     }
     // Only padding may follow the dict.
     if p.peek().is_some() {
-        return Err(malformed(format!(
-            "unexpected text after the dict at byte {}",
-            p.pos
-        )));
+        return Err(malformed(format!("unexpected text after the dict at byte {}", p.pos)));
     }
 
     let descr = match descr {
         Some(Literal::Str(s)) => s,
         // Structured dtypes have a list here; we cannot read them anyway.
-        Some(other) => {
-            return Err(NpyError::UnsupportedDtype {
-                file: None,
-                descr: literal_text(&other),
-            })
-        }
+        Some(other) => return Err(NpyError::UnsupportedDtype { file: None, descr: literal_text(&other) }),
         None => return Err(malformed("missing key 'descr'".to_string())),
     };
     let fortran = match fortran {
         Some(Literal::Bool(b)) => b,
-        Some(other) => {
-            return Err(malformed(format!(
-                "'fortran_order' is {other:?}, not True/False"
-            )))
-        }
+        Some(other) => return Err(malformed(format!("'fortran_order' is {other:?}, not True/False"))),
         None => return Err(malformed("missing key 'fortran_order'".to_string())),
     };
     let shape = match shape {
-        Some(lit) => shape_from_literal(&lit).ok_or_else(|| NpyError::MalformedShape {
-            file: None,
-            found: literal_text(&lit),
-        })?,
+        Some(lit) => shape_from_literal(&lit)
+            .ok_or_else(|| NpyError::MalformedShape { file: None, found: literal_text(&lit) })?,
         None => return Err(malformed("missing key 'shape'".to_string())),
     };
     Ok((descr, fortran, shape))
@@ -630,14 +542,7 @@ fn literal_text(lit: &Literal) -> String {
             }
         }
         Literal::List(items) => {
-            format!(
-                "[{}]",
-                items
-                    .iter()
-                    .map(literal_text)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
+            format!("[{}]", items.iter().map(literal_text).collect::<Vec<_>>().join(", "))
         }
     }
 }
@@ -646,14 +551,8 @@ fn literal_text(lit: &Literal) -> String {
 mod tests {
     use super::*;
 
-    const ALL: [NpyDtype; 6] = [
-        NpyDtype::F16,
-        NpyDtype::F32,
-        NpyDtype::F64,
-        NpyDtype::U8,
-        NpyDtype::I32,
-        NpyDtype::I64,
-    ];
+    const ALL: [NpyDtype; 6] =
+        [NpyDtype::F16, NpyDtype::F32, NpyDtype::F64, NpyDtype::U8, NpyDtype::I32, NpyDtype::I64];
 
     /// A fresh path in the temp dir; tests run in parallel, so names must differ.
     fn temp_path(name: &str) -> PathBuf {
@@ -728,44 +627,18 @@ mod tests {
     #[test]
     fn reads_real_numpy_files() {
         let h = parse_header(NUMPY_F4_2X3).unwrap();
-        assert_eq!(
-            h,
-            NpyHeader {
-                dtype: NpyDtype::F32,
-                shape: vec![2, 3],
-                data_offset: 128
-            }
-        );
-        let vals: Vec<f32> = NUMPY_F4_2X3[h.data_offset..]
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-            .collect();
+        assert_eq!(h, NpyHeader { dtype: NpyDtype::F32, shape: vec![2, 3], data_offset: 128 });
+        let vals: Vec<f32> =
+            NUMPY_F4_2X3[h.data_offset..].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
         assert_eq!(vals, [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]);
 
         let h = parse_header(NUMPY_U1_V2).unwrap();
-        assert_eq!(
-            h,
-            NpyHeader {
-                dtype: NpyDtype::U8,
-                shape: vec![3],
-                data_offset: 128
-            }
-        );
+        assert_eq!(h, NpyHeader { dtype: NpyDtype::U8, shape: vec![3], data_offset: 128 });
         assert_eq!(&NUMPY_U1_V2[128..], &[1, 2, 255]);
 
         let h = parse_header(NUMPY_F8_SCALAR_V3).unwrap();
-        assert_eq!(
-            h,
-            NpyHeader {
-                dtype: NpyDtype::F64,
-                shape: vec![],
-                data_offset: 128
-            }
-        );
-        assert_eq!(
-            f64::from_le_bytes(NUMPY_F8_SCALAR_V3[128..].try_into().unwrap()),
-            3.5
-        );
+        assert_eq!(h, NpyHeader { dtype: NpyDtype::F64, shape: vec![], data_offset: 128 });
+        assert_eq!(f64::from_le_bytes(NUMPY_F8_SCALAR_V3[128..].try_into().unwrap()), 3.5);
 
         let h = parse_header(NUMPY_F2).unwrap();
         assert_eq!((h.dtype, h.shape.as_slice()), (NpyDtype::F16, &[2][..]));
@@ -773,29 +646,17 @@ mod tests {
         assert_eq!(&NUMPY_F2[h.data_offset..], &[0x00, 0x3c, 0x00, 0xc0]);
 
         let h = parse_header(NUMPY_I8_EMPTY).unwrap();
-        assert_eq!(
-            (h.dtype, h.shape.as_slice(), h.data_len()),
-            (NpyDtype::I64, &[0, 4][..], 0)
-        );
+        assert_eq!((h.dtype, h.shape.as_slice(), h.data_len()), (NpyDtype::I64, &[0, 4][..], 0));
     }
 
     #[test]
     fn accepts_header_variants() {
         // Python 2 longs, double quotes, no trailing comma, other key order.
-        let f = make_file(
-            1,
-            "{\"shape\": (3L, 2L), \"fortran_order\": False, \"descr\": \"<i4\"}",
-            24,
-        );
+        let f = make_file(1, "{\"shape\": (3L, 2L), \"fortran_order\": False, \"descr\": \"<i4\"}", 24);
         let h = parse_header(&f).unwrap();
         assert_eq!((h.dtype, h.shape), (NpyDtype::I32, vec![3, 2]));
         // '<u1' is the same as '|u1'.
-        assert_eq!(
-            parse_header(&make_file(1, &dict("<u1", "False", "(4,)"), 4))
-                .unwrap()
-                .dtype,
-            NpyDtype::U8
-        );
+        assert_eq!(parse_header(&make_file(1, &dict("<u1", "False", "(4,)"), 4)).unwrap().dtype, NpyDtype::U8);
     }
 
     #[test]
@@ -803,87 +664,39 @@ mod tests {
         let mut f = NUMPY_F4_2X3.to_vec();
         f[1] = b'X';
         assert!(matches!(parse_header(&f), Err(NpyError::BadMagic { .. })));
-        assert!(matches!(
-            parse_header(b"PK\x03\x04 a zip"),
-            Err(NpyError::BadMagic { .. })
-        ));
-        assert!(matches!(
-            parse_header(b""),
-            Err(NpyError::Truncated {
-                what: "preamble",
-                ..
-            })
-        ));
+        assert!(matches!(parse_header(b"PK\x03\x04 a zip"), Err(NpyError::BadMagic { .. })));
+        assert!(matches!(parse_header(b""), Err(NpyError::Truncated { what: "preamble", .. })));
     }
 
     #[test]
     fn rejects_unsupported_version() {
         let mut f = NUMPY_F4_2X3.to_vec();
         f[6] = 4;
-        assert!(matches!(
-            parse_header(&f),
-            Err(NpyError::UnsupportedVersion {
-                major: 4,
-                minor: 0,
-                ..
-            })
-        ));
+        assert!(matches!(parse_header(&f), Err(NpyError::UnsupportedVersion { major: 4, minor: 0, .. })));
     }
 
     #[test]
     fn rejects_truncated() {
         let f = NUMPY_F4_2X3;
         // Cut inside the preamble, inside the header, and inside the data.
-        assert!(matches!(
-            parse_header(&f[..9]),
-            Err(NpyError::Truncated {
-                what: "preamble",
-                ..
-            })
-        ));
-        assert!(matches!(
-            parse_header(&f[..4]),
-            Err(NpyError::Truncated {
-                what: "preamble",
-                ..
-            })
-        ));
+        assert!(matches!(parse_header(&f[..9]), Err(NpyError::Truncated { what: "preamble", .. })));
+        assert!(matches!(parse_header(&f[..4]), Err(NpyError::Truncated { what: "preamble", .. })));
         assert!(matches!(
             parse_header(&f[..60]),
-            Err(NpyError::Truncated {
-                what: "header",
-                expected: 128,
-                found: 60,
-                ..
-            })
+            Err(NpyError::Truncated { what: "header", expected: 128, found: 60, .. })
         ));
         assert!(matches!(
             parse_header(&f[..f.len() - 1]),
-            Err(NpyError::Truncated {
-                what: "data",
-                expected: 24,
-                found: 23,
-                ..
-            })
+            Err(NpyError::Truncated { what: "data", expected: 24, found: 23, .. })
         ));
-        assert!(matches!(
-            parse_header(&NUMPY_U1_V2[..100]),
-            Err(NpyError::Truncated { what: "header", .. })
-        ));
+        assert!(matches!(parse_header(&NUMPY_U1_V2[..100]), Err(NpyError::Truncated { what: "header", .. })));
     }
 
     #[test]
     fn rejects_trailing_bytes() {
         let mut f = NUMPY_F4_2X3.to_vec();
         f.push(0);
-        assert!(matches!(
-            parse_header(&f),
-            Err(NpyError::TrailingBytes {
-                expected: 24,
-                found: 25,
-                ..
-            })
-        ));
+        assert!(matches!(parse_header(&f), Err(NpyError::TrailingBytes { expected: 24, found: 25, .. })));
     }
 
     #[test]
@@ -896,11 +709,7 @@ mod tests {
             }
         }
         // Structured dtype: descr is a list.
-        let f = make_file(
-            1,
-            "{'descr': [('a', '<f4')], 'fortran_order': False, 'shape': (2,), }",
-            8,
-        );
+        let f = make_file(1, "{'descr': [('a', '<f4')], 'fortran_order': False, 'shape': (2,), }", 8);
         match parse_header(&f) {
             Err(NpyError::UnsupportedDtype { descr, .. }) => assert_eq!(descr, "[('a', '<f4')]"),
             other => panic!("structured: {other:?}"),
@@ -910,10 +719,7 @@ mod tests {
     #[test]
     fn rejects_fortran_order() {
         let f = make_file(1, &dict("<f4", "True", "(2, 3)"), 24);
-        assert!(matches!(
-            parse_header(&f),
-            Err(NpyError::FortranOrder { .. })
-        ));
+        assert!(matches!(parse_header(&f), Err(NpyError::FortranOrder { .. })));
     }
 
     #[test]
@@ -952,19 +758,12 @@ mod tests {
             "'descr': '<f4'",                    // not a dict
         ] {
             let f = make_file(1, d, 8);
-            assert!(
-                matches!(parse_header(&f), Err(NpyError::MalformedHeader { .. })),
-                "{d}: {:?}",
-                parse_header(&f)
-            );
+            assert!(matches!(parse_header(&f), Err(NpyError::MalformedHeader { .. })), "{d}: {:?}", parse_header(&f));
         }
         // Non-UTF-8 bytes in the header.
         let mut f = make_file(1, &dict("<f4", "False", "(2,)"), 8);
         f[20] = 0xff;
-        assert!(matches!(
-            parse_header(&f),
-            Err(NpyError::MalformedHeader { .. })
-        ));
+        assert!(matches!(parse_header(&f), Err(NpyError::MalformedHeader { .. })));
     }
 
     #[test]
@@ -978,13 +777,8 @@ mod tests {
         assert!(msg.starts_with(&path.display().to_string()), "{msg}");
         assert!(msg.contains("ascontiguousarray"), "{msg}");
 
-        let msg = parse_header(&make_file(1, &dict(">f4", "False", "(2,)"), 8))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            msg.contains("'>f4'") && msg.contains("'<f4'") && msg.contains("astype"),
-            "{msg}"
-        );
+        let msg = parse_header(&make_file(1, &dict(">f4", "False", "(2,)"), 8)).unwrap_err().to_string();
+        assert!(msg.contains("'>f4'") && msg.contains("'<f4'") && msg.contains("astype"), "{msg}");
 
         let missing = temp_path("does_not_exist");
         let err = read_npy(&missing).unwrap_err();
@@ -997,14 +791,7 @@ mod tests {
     fn write_rejects_wrong_data_length() {
         let path = temp_path("wrong_len");
         let err = write_npy(&path, NpyDtype::F32, &[2, 3], &[0u8; 20]).unwrap_err();
-        assert!(matches!(
-            err,
-            NpyError::DataSizeMismatch {
-                expected: 24,
-                found: 20,
-                file: Some(_)
-            }
-        ));
+        assert!(matches!(err, NpyError::DataSizeMismatch { expected: 24, found: 20, file: Some(_) }));
         assert!(!path.exists());
     }
 }

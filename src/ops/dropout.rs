@@ -19,19 +19,12 @@ impl Tensor {
     pub fn dropout(&self, p: f32, rng: &mut Rng) -> Result<Tensor> {
         const OP: &str = "dropout";
         if !(0.0..1.0).contains(&p) {
-            return Err(Error::invalid(
-                OP,
-                format!("p = {p} for input {:?} must be in [0, 1)", self.shape()),
-            ));
+            return Err(Error::invalid(OP, format!("p = {p} for input {:?} must be in [0, 1)", self.shape())));
         }
         if !self.dtype().is_float() {
             return Err(Error::dtype(
                 OP,
-                format!(
-                    "input {:?} is {}, expected f32, f16 or bf16",
-                    self.shape(),
-                    self.dtype()
-                ),
+                format!("input {:?} is {}, expected f32, f16 or bf16", self.shape(), self.dtype()),
             ));
         }
         if p == 0.0 {
@@ -41,23 +34,13 @@ impl Tensor {
         let x = self.contiguous_untracked(OP)?;
         let out = output(OP, &x, x.shape(), x.dtype())?;
         if !out.is_meta() {
-            with_float!(OP, x.dtype(), |T| k::dropout::<T>(
-                x.data::<T>()?,
-                seed,
-                p,
-                out.data_mut::<T>()?
-            ));
+            with_float!(OP, x.dtype(), |T| k::dropout::<T>(x.data::<T>()?, seed, p, out.data_mut::<T>()?));
         }
         Ok(record(OP, &[self], out, vec![], move |_, g| {
             let g = g[0].as_ref().expect("gradient").contiguous_untracked(OP)?;
             let dx = output(OP, &g, g.shape(), g.dtype())?;
             if !dx.is_meta() {
-                with_float!(OP, g.dtype(), |T| k::dropout::<T>(
-                    g.data::<T>()?,
-                    seed,
-                    p,
-                    dx.data_mut::<T>()?
-                ));
+                with_float!(OP, g.dtype(), |T| k::dropout::<T>(g.data::<T>()?, seed, p, dx.data_mut::<T>()?));
             }
             Ok(vec![Some(dx)])
         }))

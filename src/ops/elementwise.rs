@@ -273,7 +273,10 @@ impl Tensor {
         }
         super::float_only("to_dtype", self)?;
         if !dtype.is_float() {
-            return Err(crate::error::Error::dtype("to_dtype", format!("cannot convert to {dtype}: only between f32, f16 and bf16")));
+            return Err(crate::error::Error::dtype(
+                "to_dtype",
+                format!("cannot convert to {dtype}: only between f32, f16 and bf16"),
+            ));
         }
         let x = self.contiguous_untracked("to_dtype")?;
         let out = output("to_dtype", &x, x.shape(), dtype)?;
@@ -285,7 +288,9 @@ impl Tensor {
             )));
         }
         let from = self.dtype();
-        Ok(record("to_dtype", &[self], out, vec![], move |_, g| Ok(vec![Some(g[0].as_ref().expect("gradient").to_dtype(from)?)])))
+        Ok(record("to_dtype", &[self], out, vec![], move |_, g| {
+            Ok(vec![Some(g[0].as_ref().expect("gradient").to_dtype(from)?)])
+        }))
     }
 }
 

@@ -18,26 +18,16 @@ impl Tensor {
     pub fn embedding(&self, ids: &Tensor) -> Result<Tensor> {
         const OP: &str = "embedding";
         if self.rank() != 2 {
-            return Err(Error::shape(
-                OP,
-                format!("weight {:?} must be a [V, D] table", self.shape()),
-            ));
+            return Err(Error::shape(OP, format!("weight {:?} must be a [V, D] table", self.shape())));
         }
         if !self.dtype().is_float() {
             return Err(Error::dtype(
                 OP,
-                format!(
-                    "weight {:?} is {}, expected f32, f16 or bf16",
-                    self.shape(),
-                    self.dtype()
-                ),
+                format!("weight {:?} is {}, expected f32, f16 or bf16", self.shape(), self.dtype()),
             ));
         }
         if ids.dtype() != DType::I32 {
-            return Err(Error::dtype(
-                OP,
-                format!("ids {:?} are {}, expected i32", ids.shape(), ids.dtype()),
-            ));
+            return Err(Error::dtype(OP, format!("ids {:?} are {}, expected i32", ids.shape(), ids.dtype())));
         }
         same_arena(OP, &[self, ids])?;
         let w = self.contiguous()?;
@@ -49,27 +39,22 @@ impl Tensor {
         if !out.is_meta() {
             let iv = idc.data::<i32>()?;
             if let Some((at, id)) = k::first_out_of_range(iv, v) {
-                return Err(Error::index(OP, format!("id {id} at position {at} of ids {:?} is outside the vocabulary [0, {v}) of weight {:?}", ids.shape(), self.shape())));
+                return Err(Error::index(
+                    OP,
+                    format!(
+                        "id {id} at position {at} of ids {:?} is outside the vocabulary [0, {v}) of weight {:?}",
+                        ids.shape(),
+                        self.shape()
+                    ),
+                ));
             }
-            with_float!(OP, w.dtype(), |T| k::gather::<T>(
-                w.data::<T>()?,
-                v,
-                d,
-                iv,
-                out.data_mut::<T>()?
-            ));
+            with_float!(OP, w.dtype(), |T| k::gather::<T>(w.data::<T>()?, v, d, iv, out.data_mut::<T>()?));
         }
         Ok(record(OP, &[&w, ids], out, vec![idc], move |s, g| {
             let g = g[0].as_ref().expect("gradient").contiguous_untracked(OP)?;
             let ids = &s[0];
             let dw = output(OP, &g, &[v, d], g.dtype())?;
-            let csr = Tensor::empty(
-                g.arena(),
-                &[v + 1 + ids.numel()],
-                DType::I32,
-                Tag::Workspace,
-                OP,
-            )?;
+            let csr = Tensor::empty(g.arena(), &[v + 1 + ids.numel()], DType::I32, Tag::Workspace, OP)?;
             if !dw.is_meta() {
                 with_float!(OP, g.dtype(), |T| k::scatter_add::<T>(
                     g.data::<T>()?,

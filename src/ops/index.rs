@@ -36,10 +36,7 @@ fn bytes_mut(t: &Tensor) -> Result<&mut [u8]> {
 
 fn axis_of(op: &'static str, x: &Tensor, dim: isize) -> Result<usize> {
     if x.rank() == 0 {
-        return Err(Error::shape(
-            op,
-            "a tensor of shape [] has no dimension; reshape it to [1] first",
-        ));
+        return Err(Error::shape(op, "a tensor of shape [] has no dimension; reshape it to [1] first"));
     }
     x.check_axis(op, dim)
 }
@@ -51,34 +48,15 @@ enum Pick<'a> {
 }
 
 /// The operand's view; `one` backs a scalar.
-fn pick_view<'a, T: Float>(
-    p: &Pick<'a>,
-    one: &'a [T; 1],
-    strides: &'a [usize],
-) -> Result<View<'a, T>> {
+fn pick_view<'a, T: Float>(p: &Pick<'a>, one: &'a [T; 1], strides: &'a [usize]) -> Result<View<'a, T>> {
     Ok(match p {
-        Pick::Tensor(t) => View {
-            data: t.storage_data::<T>()?,
-            strides,
-            offset: t.offset(),
-        },
-        Pick::Scalar(_) => View {
-            data: one,
-            strides,
-            offset: 0,
-        },
+        Pick::Tensor(t) => View { data: t.storage_data::<T>()?, strides, offset: t.offset() },
+        Pick::Scalar(_) => View { data: one, strides, offset: 0 },
     })
 }
 
 /// `cond ? a : b` elementwise over `shape` (operands broadcast), no autograd.
-fn select_raw(
-    op: &'static str,
-    shape: &[usize],
-    like: &Tensor,
-    cond: &Tensor,
-    a: Pick,
-    b: Pick,
-) -> Result<Tensor> {
+fn select_raw(op: &'static str, shape: &[usize], like: &Tensor, cond: &Tensor, a: Pick, b: Pick) -> Result<Tensor> {
     let out = output(op, like, shape, like.dtype())?;
     if !out.is_meta() {
         let strides = |p: &Pick| match p {
@@ -90,18 +68,8 @@ fn select_raw(
             // A scalar is a one-element view with every stride 0.
             let one = |p: &Pick| [T::from_f32(if let Pick::Scalar(v) = p { *v } else { 0.0 })];
             let (ca, cb) = (one(&a), one(&b));
-            let vc = View {
-                data: cond.storage_data::<u8>()?,
-                strides: &sc,
-                offset: cond.offset(),
-            };
-            k::select::<T>(
-                shape,
-                vc,
-                pick_view(&a, &ca, &sa)?,
-                pick_view(&b, &cb, &sb)?,
-                out.data_mut::<T>()?,
-            );
+            let vc = View { data: cond.storage_data::<u8>()?, strides: &sc, offset: cond.offset() };
+            k::select::<T>(shape, vc, pick_view(&a, &ca, &sa)?, pick_view(&b, &cb, &sb)?, out.data_mut::<T>()?);
         });
     }
     Ok(out)
@@ -109,14 +77,7 @@ fn select_raw(
 
 fn mask_dtype(op: &'static str, m: &Tensor) -> Result<()> {
     if m.dtype() != DType::U8 {
-        return Err(Error::dtype(
-            op,
-            format!(
-                "mask {:?} is {}, expected u8 (0 or 1)",
-                m.shape(),
-                m.dtype()
-            ),
-        ));
+        return Err(Error::dtype(op, format!("mask {:?} is {}, expected u8 (0 or 1)", m.shape(), m.dtype())));
     }
     Ok(())
 }
@@ -127,30 +88,27 @@ impl Tensor {
     /// output's.
     pub fn concat(ts: &[&Tensor], dim: isize) -> Result<Tensor> {
         const OP: &str = "concat";
-        let first = *ts
-            .first()
-            .ok_or_else(|| Error::invalid(OP, "no tensors to concatenate"))?;
+        let first = *ts.first().ok_or_else(|| Error::invalid(OP, "no tensors to concatenate"))?;
         let d = axis_of(OP, first, dim)?;
         same_arena(OP, ts)?;
         for t in ts {
             same_dtype(OP, first, t)?;
-            let same = |a: &Tensor, b: &Tensor| {
-                (0..a.rank()).all(|i| i == d || a.shape()[i] == b.shape()[i])
-            };
+            let same = |a: &Tensor, b: &Tensor| (0..a.rank()).all(|i| i == d || a.shape()[i] == b.shape()[i]);
             if t.rank() != first.rank() || !same(first, t) {
                 return Err(Error::shape(
                     OP,
-                    format!("{:?} and {:?} differ outside dimension {d}; only the joined dimension may differ", first.shape(), t.shape()),
+                    format!(
+                        "{:?} and {:?} differ outside dimension {d}; only the joined dimension may differ",
+                        first.shape(),
+                        t.shape()
+                    ),
                 ));
             }
         }
         let sizes: Vec<usize> = ts.iter().map(|t| t.shape()[d]).collect();
         let mut shape = first.shape().to_vec();
         shape[d] = sizes.iter().sum();
-        let parts = ts
-            .iter()
-            .map(|t| t.contiguous_untracked(OP))
-            .collect::<Result<Vec<_>>>()?;
+        let parts = ts.iter().map(|t| t.contiguous_untracked(OP)).collect::<Result<Vec<_>>>()?;
         let out = output(OP, first, &shape, first.dtype())?;
         if !out.is_meta() {
             let row = shape[d + 1..].iter().product::<usize>() * first.dtype().size();
@@ -202,23 +160,12 @@ impl Tensor {
         const OP: &str = "index_select";
         let d = axis_of(OP, self, dim)?;
         if idx.dtype() != DType::I32 {
-            return Err(Error::dtype(
-                OP,
-                format!(
-                    "idx {:?} is {}, expected i32 indices",
-                    idx.shape(),
-                    idx.dtype()
-                ),
-            ));
+            return Err(Error::dtype(OP, format!("idx {:?} is {}, expected i32 indices", idx.shape(), idx.dtype())));
         }
         if idx.rank() != 1 {
             return Err(Error::shape(
                 OP,
-                format!(
-                    "idx {:?} for input {:?} must be 1-D; flatten it first",
-                    idx.shape(),
-                    self.shape()
-                ),
+                format!("idx {:?} for input {:?} must be 1-D; flatten it first", idx.shape(), self.shape()),
             ));
         }
         same_arena(OP, &[self, idx])?;
@@ -235,10 +182,7 @@ impl Tensor {
             if let Some((at, i)) = k::first_out_of_range(iv, n) {
                 return Err(Error::index(
                     OP,
-                    format!(
-                        "index {i} at position {at} is outside [0, {n}) for dimension {d} of {:?}",
-                        self.shape()
-                    ),
+                    format!("index {i} at position {at} is outside [0, {n}) for dimension {d} of {:?}", self.shape()),
                 ));
             }
             let size = x.dtype().size();
@@ -270,11 +214,7 @@ impl Tensor {
         if !self.dtype().is_float() {
             return Err(Error::dtype(
                 OP,
-                format!(
-                    "input {:?} is {}, expected f32, f16 or bf16",
-                    self.shape(),
-                    self.dtype()
-                ),
+                format!("input {:?} is {}, expected f32, f16 or bf16", self.shape(), self.dtype()),
             ));
         }
         same_arena(OP, &[self, mask])?;
@@ -288,34 +228,11 @@ impl Tensor {
                 ),
             ));
         }
-        let out = select_raw(
-            OP,
-            self.shape(),
-            self,
-            mask,
-            Pick::Scalar(value),
-            Pick::Tensor(self),
-        )?;
-        Ok(record(
-            OP,
-            &[self, mask],
-            out,
-            vec![mask.clone()],
-            move |s, g| {
-                let g = g[0].as_ref().expect("gradient");
-                Ok(vec![
-                    Some(select_raw(
-                        OP,
-                        g.shape(),
-                        g,
-                        &s[0],
-                        Pick::Scalar(0.0),
-                        Pick::Tensor(g),
-                    )?),
-                    None,
-                ])
-            },
-        ))
+        let out = select_raw(OP, self.shape(), self, mask, Pick::Scalar(value), Pick::Tensor(self))?;
+        Ok(record(OP, &[self, mask], out, vec![mask.clone()], move |s, g| {
+            let g = g[0].as_ref().expect("gradient");
+            Ok(vec![Some(select_raw(OP, g.shape(), g, &s[0], Pick::Scalar(0.0), Pick::Tensor(g))?), None])
+        }))
     }
 
     /// `a` where `cond` (u8) is nonzero, else `b`; all three broadcast
@@ -326,47 +243,24 @@ impl Tensor {
         mask_dtype(OP, cond)?;
         same_dtype(OP, a, b)?;
         if !a.dtype().is_float() {
-            return Err(Error::dtype(
-                OP,
-                format!(
-                    "a {:?} is {}, expected f32, f16 or bf16",
-                    a.shape(),
-                    a.dtype()
-                ),
-            ));
+            return Err(Error::dtype(OP, format!("a {:?} is {}, expected f32, f16 or bf16", a.shape(), a.dtype())));
         }
         same_arena(OP, &[cond, a, b])?;
-        let shape = broadcast_shapes(
-            OP,
-            &broadcast_shapes(OP, cond.shape(), a.shape())?,
-            b.shape(),
-        )?;
+        let shape = broadcast_shapes(OP, &broadcast_shapes(OP, cond.shape(), a.shape())?, b.shape())?;
         let out = select_raw(OP, &shape, a, cond, Pick::Tensor(a), Pick::Tensor(b))?;
         let (sa, sb) = (a.shape().to_vec(), b.shape().to_vec());
         let wants = [a.requires_grad_flag(), b.requires_grad_flag()];
-        Ok(record(
-            OP,
-            &[cond, a, b],
-            out,
-            vec![cond.clone()],
-            move |s, g| {
-                let g = g[0].as_ref().expect("gradient");
-                let ga = match wants[0] {
-                    true => Some(
-                        select_raw(OP, g.shape(), g, &s[0], Pick::Tensor(g), Pick::Scalar(0.0))?
-                            .sum_to(&sa)?,
-                    ),
-                    false => None,
-                };
-                let gb = match wants[1] {
-                    true => Some(
-                        select_raw(OP, g.shape(), g, &s[0], Pick::Scalar(0.0), Pick::Tensor(g))?
-                            .sum_to(&sb)?,
-                    ),
-                    false => None,
-                };
-                Ok(vec![None, ga, gb])
-            },
-        ))
+        Ok(record(OP, &[cond, a, b], out, vec![cond.clone()], move |s, g| {
+            let g = g[0].as_ref().expect("gradient");
+            let ga = match wants[0] {
+                true => Some(select_raw(OP, g.shape(), g, &s[0], Pick::Tensor(g), Pick::Scalar(0.0))?.sum_to(&sa)?),
+                false => None,
+            };
+            let gb = match wants[1] {
+                true => Some(select_raw(OP, g.shape(), g, &s[0], Pick::Scalar(0.0), Pick::Tensor(g))?.sum_to(&sb)?),
+                false => None,
+            };
+            Ok(vec![None, ga, gb])
+        }))
     }
 }

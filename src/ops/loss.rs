@@ -12,11 +12,7 @@ fn float_only(op: &'static str, t: &Tensor) -> Result<()> {
     if !t.dtype().is_float() {
         return Err(Error::dtype(
             op,
-            format!(
-                "{:?} is {}, expected f32, f16 or bf16; convert with .to_dtype()",
-                t.shape(),
-                t.dtype()
-            ),
+            format!("{:?} is {}, expected f32, f16 or bf16; convert with .to_dtype()", t.shape(), t.dtype()),
         ));
     }
     Ok(())
@@ -32,18 +28,9 @@ impl Tensor {
     /// Saves the logits, the targets and each row's log-sum-exp (f32, `[N]`):
     /// the backward rebuilds softmax from them, so no N×C probabilities are
     /// kept alongside the logits.
-    pub fn cross_entropy(
-        &self,
-        targets: &Tensor,
-        ignore_index: Option<i32>,
-        label_smoothing: f32,
-    ) -> Result<Tensor> {
+    pub fn cross_entropy(&self, targets: &Tensor, ignore_index: Option<i32>, label_smoothing: f32) -> Result<Tensor> {
         const OP: &str = "cross_entropy";
-        if self.rank() != 2
-            || targets.rank() != 1
-            || targets.dim(0) != self.dim(0)
-            || self.dim(1) == 0
-        {
+        if self.rank() != 2 || targets.rank() != 1 || targets.dim(0) != self.dim(0) || self.dim(1) == 0 {
             return Err(Error::shape(
                 OP,
                 format!(
@@ -57,18 +44,11 @@ impl Tensor {
         if targets.dtype() != DType::I32 {
             return Err(Error::dtype(
                 OP,
-                format!(
-                    "targets {:?} are {}, expected i32 class indices",
-                    targets.shape(),
-                    targets.dtype()
-                ),
+                format!("targets {:?} are {}, expected i32 class indices", targets.shape(), targets.dtype()),
             ));
         }
         if !(0.0..=1.0).contains(&label_smoothing) {
-            return Err(Error::invalid(
-                OP,
-                format!("label_smoothing {label_smoothing} is outside [0, 1]"),
-            ));
+            return Err(Error::invalid(OP, format!("label_smoothing {label_smoothing} is outside [0, 1]")));
         }
         same_arena(OP, &[self, targets])?;
         let x = self.contiguous()?;
@@ -78,75 +58,45 @@ impl Tensor {
         let lse = output(OP, &x, &[n], DType::F32)?;
         let mut count = 0;
         if !out.is_meta() {
-            let labels = Labels {
-                targets: tg.data::<i32>()?,
-                ignore: ignore_index,
-                smoothing: label_smoothing,
-            };
+            let labels = Labels { targets: tg.data::<i32>()?, ignore: ignore_index, smoothing: label_smoothing };
             let bad = labels
                 .targets
                 .iter()
                 .enumerate()
                 .find(|&(_, &t)| Some(t) != ignore_index && (t < 0 || t as usize >= c));
             if let Some((r, t)) = bad {
-                let ign =
-                    ignore_index.map_or(String::new(), |i| format!(" and is not ignore_index {i}"));
+                let ign = ignore_index.map_or(String::new(), |i| format!(" and is not ignore_index {i}"));
                 return Err(Error::index(
                     OP,
-                    format!(
-                        "target {t} of row {r} is outside [0, {c}) for logits {:?}{ign}",
-                        self.shape()
-                    ),
+                    format!("target {t} of row {r} is outside [0, {c}) for logits {:?}{ign}", self.shape()),
                 ));
             }
-            count = labels
-                .targets
-                .iter()
-                .filter(|&&t| Some(t) != ignore_index)
-                .count();
+            count = labels.targets.iter().filter(|&&t| Some(t) != ignore_index).count();
             with_float!(OP, x.dtype(), |T| {
                 let sum = k::cross_entropy::<T>(x.data::<T>()?, c, &labels, lse.data_mut::<f32>()?);
-                out.data_mut::<T>()?[0] = T::from_f32(if count == 0 {
-                    0.0
-                } else {
-                    (sum / count as f64) as f32
-                });
+                out.data_mut::<T>()?[0] = T::from_f32(if count == 0 { 0.0 } else { (sum / count as f64) as f32 });
             });
         }
-        Ok(record(
-            OP,
-            &[&x, targets],
-            out,
-            vec![x.clone(), tg, lse],
-            move |s, g| {
-                let g = g[0].as_ref().expect("gradient");
-                let (x, tg, lse) = (&s[0], &s[1], &s[2]);
-                let dx = output(OP, x, x.shape(), x.dtype())?;
-                if !dx.is_meta() {
-                    let labels = Labels {
-                        targets: tg.data::<i32>()?,
-                        ignore: ignore_index,
-                        smoothing: label_smoothing,
-                    };
-                    with_float!(OP, x.dtype(), |T| {
-                        let scale = if count == 0 {
-                            0.0
-                        } else {
-                            g.data::<T>()?[0].to_f32() / count as f32
-                        };
-                        k::cross_entropy_backward::<T>(
-                            x.data::<T>()?,
-                            c,
-                            &labels,
-                            lse.data::<f32>()?,
-                            scale,
-                            dx.data_mut::<T>()?,
-                        );
-                    });
-                }
-                Ok(vec![Some(dx), None])
-            },
-        ))
+        Ok(record(OP, &[&x, targets], out, vec![x.clone(), tg, lse], move |s, g| {
+            let g = g[0].as_ref().expect("gradient");
+            let (x, tg, lse) = (&s[0], &s[1], &s[2]);
+            let dx = output(OP, x, x.shape(), x.dtype())?;
+            if !dx.is_meta() {
+                let labels = Labels { targets: tg.data::<i32>()?, ignore: ignore_index, smoothing: label_smoothing };
+                with_float!(OP, x.dtype(), |T| {
+                    let scale = if count == 0 { 0.0 } else { g.data::<T>()?[0].to_f32() / count as f32 };
+                    k::cross_entropy_backward::<T>(
+                        x.data::<T>()?,
+                        c,
+                        &labels,
+                        lse.data::<f32>()?,
+                        scale,
+                        dx.data_mut::<T>()?,
+                    );
+                });
+            }
+            Ok(vec![Some(dx), None])
+        }))
     }
 
     /// Mean of `(self − target)²` over all elements, shape []. Saves both
@@ -158,13 +108,7 @@ impl Tensor {
     /// Mean of `|self − target|` over all elements, shape []. The gradient
     /// at a tie is 0, as in PyTorch.
     pub fn l1_loss(&self, target: &Tensor) -> Result<Tensor> {
-        pointwise_loss("l1_loss", self, target, f32::abs, |d| {
-            if d == 0.0 {
-                0.0
-            } else {
-                d.signum()
-            }
-        })
+        pointwise_loss("l1_loss", self, target, f32::abs, |d| if d == 0.0 { 0.0 } else { d.signum() })
     }
 }
 
@@ -178,16 +122,17 @@ fn pointwise_loss(
     if pred.shape() != target.shape() {
         return Err(Error::shape(
             op,
-            format!("prediction {:?} and target {:?} differ; losses do not broadcast, reshape one to match", pred.shape(), target.shape()),
+            format!(
+                "prediction {:?} and target {:?} differ; losses do not broadcast, reshape one to match",
+                pred.shape(),
+                target.shape()
+            ),
         ));
     }
     same_arena(op, &[pred, target])?;
     same_dtype(op, pred, target)?;
     float_only(op, pred)?;
-    let (p, t) = (
-        pred.contiguous_untracked(op)?,
-        target.contiguous_untracked(op)?,
-    );
+    let (p, t) = (pred.contiguous_untracked(op)?, target.contiguous_untracked(op)?);
     let n = p.numel().max(1) as f32;
     let out = output(op, &p, &[], p.dtype())?;
     if !out.is_meta() {
@@ -206,20 +151,11 @@ fn pointwise_loss(
             if !d.is_meta() {
                 with_float!(op, p.dtype(), |T| {
                     let scale = sign * g.data::<T>()?[0].to_f32() / n;
-                    k::pointwise_backward::<T>(
-                        p.data::<T>()?,
-                        t.data::<T>()?,
-                        scale,
-                        df,
-                        d.data_mut::<T>()?,
-                    );
+                    k::pointwise_backward::<T>(p.data::<T>()?, t.data::<T>()?, scale, df, d.data_mut::<T>()?);
                 });
             }
             Ok(d)
         };
-        Ok(vec![
-            wants[0].then(|| grad(1.0)).transpose()?,
-            wants[1].then(|| grad(-1.0)).transpose()?,
-        ])
+        Ok(vec![wants[0].then(|| grad(1.0)).transpose()?, wants[1].then(|| grad(-1.0)).transpose()?])
     }))
 }

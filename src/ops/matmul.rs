@@ -20,7 +20,11 @@ impl Tensor {
         if a.rank() < 2 || b.rank() < 2 || a.dim(-1) != b.dim(-2) {
             return Err(Error::shape(
                 "matmul",
-                format!("{:?} @ {:?}: need [.., M, K] @ [.., K, N] with equal K; reshape vectors to matrices", a.shape(), b.shape()),
+                format!(
+                    "{:?} @ {:?}: need [.., M, K] @ [.., K, N] with equal K; reshape vectors to matrices",
+                    a.shape(),
+                    b.shape()
+                ),
             ));
         }
         same_arena("matmul", &[a, b])?;
@@ -69,7 +73,15 @@ fn bmm(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     }))
 }
 
-fn run<T: Float>(a: &Tensor, b: &Tensor, out: &Tensor, m: usize, k: usize, n: usize, ws: Option<&mut [f32]>) -> Result<()> {
+fn run<T: Float>(
+    a: &Tensor,
+    b: &Tensor,
+    out: &Tensor,
+    m: usize,
+    k: usize,
+    n: usize,
+    ws: Option<&mut [f32]>,
+) -> Result<()> {
     let r = a.rank();
     let batch: usize = a.shape()[..r - 2].iter().product();
     let lay = |t: &Tensor, i: usize| Layout {

@@ -17,30 +17,15 @@ impl Tensor {
     /// the weight: beyond the input (often saved by its producer anyway)
     /// that is 8 bytes a row. The backward gives dx, dweight and dbias in
     /// one pass; dweight and dbias sum rows in a fixed order.
-    pub fn layer_norm(
-        &self,
-        weight: Option<&Tensor>,
-        bias: Option<&Tensor>,
-        eps: f32,
-    ) -> Result<Tensor> {
+    pub fn layer_norm(&self, weight: Option<&Tensor>, bias: Option<&Tensor>, eps: f32) -> Result<Tensor> {
         const OP: &str = "layer_norm";
         if self.rank() == 0 || self.dim(-1) == 0 {
-            return Err(Error::shape(
-                OP,
-                format!(
-                    "input {:?} has no last dimension to normalise",
-                    self.shape()
-                ),
-            ));
+            return Err(Error::shape(OP, format!("input {:?} has no last dimension to normalise", self.shape())));
         }
         if !self.dtype().is_float() {
             return Err(Error::dtype(
                 OP,
-                format!(
-                    "input {:?} is {}, expected f32, f16 or bf16",
-                    self.shape(),
-                    self.dtype()
-                ),
+                format!("input {:?} is {}, expected f32, f16 or bf16", self.shape(), self.dtype()),
             ));
         }
         let d = self.dim(-1);
@@ -97,9 +82,7 @@ impl Tensor {
             let (x, mean, rstd, w) = (&s[0], &s[1], &s[2], s.get(3));
             let want_w = has_w && wants[1];
             let want_b = has_b && wants[wants.len() - 1];
-            let grad = |want: bool, shape: &[usize]| {
-                want.then(|| output(OP, x, shape, x.dtype())).transpose()
-            };
+            let grad = |want: bool, shape: &[usize]| want.then(|| output(OP, x, shape, x.dtype())).transpose();
             let dx = grad(wants[0], x.shape())?;
             let dw = grad(want_w, &[d])?;
             let db = grad(want_b, &[d])?;
@@ -113,11 +96,7 @@ impl Tensor {
                         dx: dx.as_ref().map(|t| t.data_mut::<T>()).transpose()?,
                         dw: dw.as_ref().map(|t| t.data_mut::<T>()).transpose()?,
                         db: db.as_ref().map(|t| t.data_mut::<T>()).transpose()?,
-                        part: part
-                            .as_ref()
-                            .map(|t| t.data_mut::<f32>())
-                            .transpose()?
-                            .unwrap_or_default(),
+                        part: part.as_ref().map(|t| t.data_mut::<f32>()).transpose()?.unwrap_or_default(),
                     };
                     let wv = w.map(|w| w.data::<T>()).transpose()?;
                     k::layer_norm_backward::<T>(

@@ -108,7 +108,8 @@ impl Tensor {
         let arg = output("max", self, &kept, DType::I32)?;
         if !out.is_meta() {
             let (ks, kst, rs, rst) = split(self, &reduce);
-            let s = Split { kept_shape: &ks, kept_strides: &kst, red_shape: &rs, red_strides: &rst, offset: self.offset() };
+            let s =
+                Split { kept_shape: &ks, kept_strides: &kst, red_shape: &rs, red_strides: &rst, offset: self.offset() };
             with_float!("max", self.dtype(), |T| k::max::<T>(
                 self.storage_data::<T>()?,
                 &s,
@@ -166,7 +167,13 @@ fn softmax_op(x: &Tensor, axis: isize, log: bool) -> Result<Tensor> {
         let y = &s[0];
         let dx = output(op, y, y.shape(), y.dtype())?;
         if !dx.is_meta() {
-            with_float!(op, y.dtype(), |T| k::softmax_backward::<T>(y.data::<T>()?, g.data::<T>()?, cols, log, dx.data_mut::<T>()?));
+            with_float!(op, y.dtype(), |T| k::softmax_backward::<T>(
+                y.data::<T>()?,
+                g.data::<T>()?,
+                cols,
+                log,
+                dx.data_mut::<T>()?
+            ));
         }
         Ok(vec![Some(dx)])
     }))

@@ -18,12 +18,12 @@ pub fn broadcast_shapes(op: &'static str, a: &[usize], b: &[usize]) -> Result<Ve
             (x, y) if x == y => x,
             (1, y) => y,
             (x, 1) => x,
-            _ => {
-                return Err(Error::shape(
-                    op,
-                    format!("{a:?} and {b:?} do not broadcast (dimension {i}: {x} vs {y}); reshape or unsqueeze one of them"),
-                ))
-            }
+            _ => return Err(Error::shape(
+                op,
+                format!(
+                    "{a:?} and {b:?} do not broadcast (dimension {i}: {x} vs {y}); reshape or unsqueeze one of them"
+                ),
+            )),
         };
     }
     Ok(out)
@@ -46,9 +46,7 @@ impl Tensor {
     /// Strides that read this tensor broadcast to `shape` (0 on broadcast dims).
     pub(crate) fn broadcast_strides(&self, shape: &[usize]) -> Vec<usize> {
         let k = shape.len() - self.rank();
-        (0..shape.len())
-            .map(|i| if i < k || self.shape()[i - k] == 1 { 0 } else { self.strides()[i - k] })
-            .collect()
+        (0..shape.len()).map(|i| if i < k || self.shape()[i - k] == 1 { 0 } else { self.strides()[i - k] }).collect()
     }
 
     /// A dense tensor with the same values (the same tensor when already dense).
@@ -72,7 +70,9 @@ impl Tensor {
         let x = self.contiguous()?;
         let out = x.restride(shape.to_vec(), contiguous_strides(shape), x.offset());
         let orig = self.shape().to_vec();
-        Ok(record("reshape", &[&x], out, vec![], move |_, g| Ok(vec![Some(g[0].as_ref().expect("gradient").reshape(&orig)?)])))
+        Ok(record("reshape", &[&x], out, vec![], move |_, g| {
+            Ok(vec![Some(g[0].as_ref().expect("gradient").reshape(&orig)?)])
+        }))
     }
 
     /// Swap two dimensions (a view).
@@ -86,8 +86,12 @@ impl Tensor {
     /// Reorder dimensions (a view): output dim i is input dim `perm[i]`.
     pub fn permute(&self, perm: &[usize]) -> Result<Tensor> {
         let mut seen = vec![false; self.rank()];
-        if perm.len() != self.rank() || perm.iter().any(|&p| p >= self.rank() || std::mem::replace(&mut seen[p], true)) {
-            return Err(Error::shape("permute", format!("{perm:?} is not a permutation of the dimensions of {:?}", self.shape())));
+        if perm.len() != self.rank() || perm.iter().any(|&p| p >= self.rank() || std::mem::replace(&mut seen[p], true))
+        {
+            return Err(Error::shape(
+                "permute",
+                format!("{perm:?} is not a permutation of the dimensions of {:?}", self.shape()),
+            ));
         }
         let shape = perm.iter().map(|&p| self.shape()[p]).collect();
         let strides = perm.iter().map(|&p| self.strides()[p]).collect();
@@ -96,7 +100,9 @@ impl Tensor {
         for (i, &p) in perm.iter().enumerate() {
             inv[p] = i;
         }
-        Ok(record("permute", &[self], out, vec![], move |_, g| Ok(vec![Some(g[0].as_ref().expect("gradient").permute(&inv)?)])))
+        Ok(record("permute", &[self], out, vec![], move |_, g| {
+            Ok(vec![Some(g[0].as_ref().expect("gradient").permute(&inv)?)])
+        }))
     }
 
     /// Elements `start..end` of dimension `dim` (a view).
@@ -129,7 +135,9 @@ impl Tensor {
         }
         let out = self.restride(shape.to_vec(), self.broadcast_strides(shape), self.offset());
         let orig = self.shape().to_vec();
-        Ok(record("expand", &[self], out, vec![], move |_, g| Ok(vec![Some(g[0].as_ref().expect("gradient").sum_to(&orig)?)])))
+        Ok(record("expand", &[self], out, vec![], move |_, g| {
+            Ok(vec![Some(g[0].as_ref().expect("gradient").sum_to(&orig)?)])
+        }))
     }
 
     /// Insert a dimension of size 1 at `dim` (0..=rank).
