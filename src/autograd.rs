@@ -18,6 +18,7 @@
 
 use crate::alloc::Tag;
 use crate::error::{Error, Result};
+use crate::rng::Rng;
 use crate::tensor::Tensor;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -59,6 +60,12 @@ impl Drop for GradModeGuard {
     fn drop(&mut self) {
         GRAD_ENABLED.with(|g| g.set(self.prev));
     }
+}
+
+/// Record again until the guard is dropped (inside a backward that re-runs a
+/// segment).
+pub fn enable_grad() -> GradModeGuard {
+    GradModeGuard { prev: GRAD_ENABLED.with(|g| g.replace(true)) }
 }
 
 /// Record nothing until the guard is dropped (evaluation keeps no activations).
@@ -290,4 +297,53 @@ fn accumulate_leaf(leaf: &Tensor, g: Tensor) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Activation recompute: run `segment` keeping none of its activations.
+///
+/// The forward runs under `no_grad` and the tape records one node that saves
+/// only `inputs`. Its backward re-runs `segment` on those inputs with the RNG
+/// state it started from (so dropout draws the same masks), then
+/// back-propagates through the rerun: parameters used inside accumulate into
+/// `.grad` exactly as in a plain run, and the inputs' gradients flow on.
+/// Costs one extra forward of the segment; saves all of its activations but
+/// its inputs. `params` are the parameters the segment uses: they make the
+/// node record even when no input needs a gradient.
+pub fn checkpoint(
+    inputs: &[&Tensor],
+    params: &[&Tensor],
+    rng: &mut Rng,
+    segment: impl Fn(&[Tensor], &mut Rng) -> Result<Tensor> + 'static,
+) -> Result<Tensor> {
+    let start = rng.clone();
+    let out = {
+        let _g = no_grad();
+        let xs: Vec<Tensor> = inputs.iter().map(|t| t.detach()).collect();
+        segment(&xs, rng)?
+    };
+    let saved = inputs.iter().map(|t| (*t).clone()).collect();
+    let n_params = params.len();
+    let all: Vec<&Tensor> = inputs.iter().chain(params).copied().collect();
+    Ok(record("checkpoint", &all, out, saved, move |saved, g| {
+        let g = g[0].clone().expect("gradient");
+        let _g = enable_grad();
+        let xs: Vec<Tensor> = saved
+            .iter()
+            .map(|t| if t.requires_grad_flag() { t.detach().requires_grad() } else { t.detach() })
+            .collect();
+        let mut rng = start;
+        let out = segment(&xs, &mut rng)?;
+        backward_with(&out, g)?;
+        // The inputs' gradients flow on as intermediates, not as `.grad`.
+        Ok(xs
+            .iter()
+            .map(|x| {
+                let g = x.grad()?;
+                x.set_grad(None);
+                g.arena().retag(g.storage().block(), Tag::Temporary, "checkpoint");
+                Some(g)
+            })
+            .chain((0..n_params).map(|_| None))
+            .collect())
+    }))
 }

@@ -10,6 +10,7 @@
 pub mod alloc;
 pub mod autograd;
 pub mod bench;
+pub mod checkpoint;
 pub mod cpu;
 pub mod data;
 pub mod error;

@@ -3,7 +3,7 @@
 use clap::{Parser, Subcommand};
 use headroom::alloc::{fmt_bytes, parse_bytes, Arena, ArenaConfig, Tag};
 use headroom::bench;
-use headroom::train::{train, TrainConfig};
+use headroom::train::{train, Precision, Recompute, TrainConfig};
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -108,13 +108,20 @@ fn alloc_demo(budget: usize) -> Result<(), Box<dyn std::error::Error>> {
 
 #[derive(clap::Args)]
 struct TrainArgs {
+    /// Model and data: `digits` (the embedded spoken-digits classifier).
+    #[arg(long, default_value = "digits")]
+    preset: String,
     /// Optimizer steps (default: --epochs full passes over the data).
     #[arg(long)]
     steps: Option<usize>,
     #[arg(long, default_value_t = 8)]
     epochs: usize,
+    /// Samples per micro-batch.
     #[arg(long, default_value_t = 32)]
     batch: usize,
+    /// Micro-batches accumulated per optimizer step (effective batch = batch × accum).
+    #[arg(long, default_value_t = 1)]
+    accum: usize,
     #[arg(long, default_value_t = 2e-3)]
     lr: f32,
     #[arg(long, default_value_t = 0)]
@@ -125,6 +132,12 @@ struct TrainArgs {
     /// Hard cap on reserved memory, e.g. 512MiB or 2GiB.
     #[arg(long, value_parser = parse_bytes)]
     budget: Option<usize>,
+    /// Activations and compute copies: f32, f16 (with dynamic loss scaling) or bf16.
+    #[arg(long, default_value = "f32", value_parser = Precision::parse)]
+    precision: Precision,
+    /// Blocks that recompute activations in backward: none, all, every:K or auto (fit --budget).
+    #[arg(long, default_value = "none", value_parser = Recompute::parse)]
+    recompute: Recompute,
     /// Transformer blocks.
     #[arg(long, default_value_t = 2)]
     layers: usize,
@@ -134,6 +147,15 @@ struct TrainArgs {
     /// Evaluate on the held-out speakers every N steps (0: only at the end).
     #[arg(long, default_value_t = 0)]
     eval_every: usize,
+    /// Write crash-safe checkpoints here.
+    #[arg(long)]
+    checkpoint_dir: Option<std::path::PathBuf>,
+    /// Steps between checkpoints.
+    #[arg(long, default_value_t = 50)]
+    checkpoint_every: usize,
+    /// Continue from the newest checkpoint in --checkpoint-dir.
+    #[arg(long)]
+    resume: bool,
     /// Print one JSON object with the run's figures on stdout.
     #[arg(long)]
     json: bool,
@@ -153,10 +175,19 @@ fn set_threads(threads: Option<usize>) -> Result<(), Box<dyn std::error::Error>>
 
 fn run_train(a: TrainArgs) -> Result<(), Box<dyn std::error::Error>> {
     set_threads(a.threads)?;
+    if a.preset != "digits" {
+        return Err(format!("unknown preset `{}`; available: digits", a.preset).into());
+    }
     let cfg = TrainConfig {
         steps: a.steps,
         epochs: a.epochs,
         batch: a.batch,
+        accum: a.accum,
+        precision: a.precision,
+        recompute: a.recompute,
+        checkpoint_dir: a.checkpoint_dir,
+        checkpoint_every: a.checkpoint_every,
+        resume: a.resume,
         lr: a.lr,
         seed: a.seed,
         budget: a.budget,

@@ -2,6 +2,7 @@
 //! of feature frames (log-mel spectrograms of spoken words).
 
 use crate::alloc::Arena;
+use crate::autograd::checkpoint;
 use crate::error::{Error, Result};
 use crate::nn::{Block, LayerNorm, Linear, Params};
 use crate::rng::Rng;
@@ -45,8 +46,10 @@ impl Classifier {
     }
 
     /// Logits `[B, classes]` for inputs `[B, frames, features]`. Pass an rng
-    /// to train (dropout on), `None` to evaluate.
-    pub fn forward(&self, x: &Tensor, mut rng: Option<&mut Rng>) -> Result<Tensor> {
+    /// to train (dropout on), `None` to evaluate. Blocks whose entry in
+    /// `recompute` is true keep only their input for backward and re-run
+    /// in it (`autograd::checkpoint`).
+    pub fn forward(&self, x: &Tensor, mut rng: Option<&mut Rng>, recompute: &[bool]) -> Result<Tensor> {
         let c = &self.config;
         if x.rank() != 3 || x.dim(1) != c.frames || x.dim(2) != c.features {
             return Err(Error::shape(
@@ -55,8 +58,17 @@ impl Classifier {
             ));
         }
         let mut h = self.input.forward(x)?.add(&self.positions.to_dtype(x.dtype())?)?;
-        for block in &self.blocks {
-            h = block.forward(&h, None, rng.as_deref_mut())?;
+        for (i, block) in self.blocks.iter().enumerate() {
+            h = match rng.as_deref_mut() {
+                Some(r) if recompute.get(i).copied().unwrap_or(false) => {
+                    let mut params = Vec::new();
+                    block.params("", &mut params);
+                    let params: Vec<&Tensor> = params.iter().map(|(_, t)| t).collect();
+                    let b = block.clone();
+                    checkpoint(&[&h], &params, r, move |xs, r| b.forward(&xs[0], None, Some(r)))?
+                }
+                r => block.forward(&h, None, r)?,
+            };
         }
         let pooled = self.norm.forward(&h)?.mean(&[1], false)?;
         self.head.forward(&pooled)

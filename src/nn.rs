@@ -23,6 +23,7 @@ fn constant(arena: &Arena, shape: &[usize], value: f32) -> Result<Tensor> {
 }
 
 /// `y = x Wᵀ + b`, weight `[out, in]`.
+#[derive(Clone)]
 pub struct Linear {
     pub weight: Tensor,
     pub bias: Option<Tensor>,
@@ -62,6 +63,7 @@ impl Linear {
 }
 
 /// Layer normalisation over the last dimension.
+#[derive(Clone)]
 pub struct LayerNorm {
     pub weight: Tensor,
     pub bias: Tensor,
@@ -84,6 +86,7 @@ impl LayerNorm {
 
 /// Multi-head self-attention written with matmul and softmax: it keeps the
 /// B×H×T×T probabilities for backward (fused attention is the memory fix).
+#[derive(Clone)]
 pub struct SelfAttention {
     pub qkv: Linear,
     pub out: Linear,
@@ -127,6 +130,7 @@ impl SelfAttention {
 }
 
 /// Two linear layers with GELU between.
+#[derive(Clone)]
 pub struct Mlp {
     pub fc1: Linear,
     pub fc2: Linear,
@@ -146,6 +150,7 @@ impl Mlp {
 }
 
 /// A pre-norm transformer encoder block.
+#[derive(Clone)]
 pub struct Block {
     pub ln1: LayerNorm,
     pub attn: SelfAttention,

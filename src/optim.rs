@@ -187,6 +187,36 @@ impl AdamW {
     pub fn param_step(&self, i: usize) -> u64 {
         self.state.get(i).and_then(|s| s.as_ref()).map_or(0, |s| s.step)
     }
+
+    /// Put back the state of parameter `i` from a checkpoint: the moments
+    /// (f32, the parameter's shape) are copied into fresh OptimizerState
+    /// blocks, exactly as a run that had taken `step` steps would hold them.
+    pub fn restore(&mut self, i: usize, exp_avg: &[f32], exp_avg_sq: &[f32], step: u64) -> Result<()> {
+        let p = self.params.get(i).ok_or_else(|| Error::index("adamw", format!("no parameter {i}")))?;
+        if exp_avg.len() != p.numel() || exp_avg_sq.len() != p.numel() {
+            return Err(Error::shape(
+                "adamw",
+                format!(
+                    "state for parameter {i} {:?} has {} and {} values",
+                    p.shape(),
+                    exp_avg.len(),
+                    exp_avg_sq.len()
+                ),
+            ));
+        }
+        let (m, v) = (zero_state(p, "adamw")?, zero_state(p, "adamw")?);
+        if !p.is_meta() {
+            m.data_mut::<f32>()?.copy_from_slice(exp_avg);
+            v.data_mut::<f32>()?.copy_from_slice(exp_avg_sq);
+        }
+        self.state[i] = Some(AdamState { exp_avg: m, exp_avg_sq: v, step });
+        Ok(())
+    }
+
+    /// Set the count of completed steps (when resuming).
+    pub fn set_steps(&mut self, steps: u64) {
+        self.steps = steps;
+    }
 }
 
 impl Optimizer for AdamW {

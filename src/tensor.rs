@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 pub enum DType {
     F32,
     F16,
+    #[serde(rename = "bf16")]
     BF16,
     /// Indices and targets.
     I32,

@@ -18,12 +18,14 @@ pub fn broadcast_shapes(op: &'static str, a: &[usize], b: &[usize]) -> Result<Ve
             (x, y) if x == y => x,
             (1, y) => y,
             (x, 1) => x,
-            _ => return Err(Error::shape(
-                op,
-                format!(
+            _ => {
+                return Err(Error::shape(
+                    op,
+                    format!(
                     "{a:?} and {b:?} do not broadcast (dimension {i}: {x} vs {y}); reshape or unsqueeze one of them"
                 ),
-            )),
+                ))
+            }
         };
     }
     Ok(out)
