@@ -1,6 +1,6 @@
 //! The autograd tape: define-by-run, reverse mode.
 //!
-//! Each op that has an input needing a gradient appends a [`Node`] to the
+//! Each op that has an input needing a gradient appends a node to the
 //! current thread's tape: the ids of its inputs and outputs, the tensors its
 //! backward needs (`saved`), and the backward itself. Saving a tensor whose
 //! storage is an op output (tag Temporary) retags that storage Activation;
@@ -199,6 +199,16 @@ pub fn clear_tape() {
 }
 
 /// Back-propagate from a one-element `loss` (gradient 1).
+///
+/// ```
+/// use headroom::{autograd::backward, Arena, DType, Tag, Tensor};
+/// let arena = Arena::host();
+/// let w = Tensor::from_f32(&arena, &[2], &[3.0, -1.0], DType::F32, Tag::Parameter).unwrap().requires_grad();
+/// let loss = w.mul(&w).unwrap().sum_all().unwrap(); // Σ w²
+/// backward(&loss).unwrap();
+/// assert_eq!(w.grad().unwrap().to_vec_f32().unwrap(), vec![6.0, -2.0]);
+/// assert_eq!(arena.stats().tag(Tag::Activation).allocated.current, 0); // nothing kept
+/// ```
 pub fn backward(loss: &Tensor) -> Result<()> {
     if loss.numel() != 1 {
         return Err(Error::shape(
@@ -309,6 +319,19 @@ fn accumulate_leaf(leaf: &Tensor, g: Tensor) -> Result<()> {
 /// Costs one extra forward of the segment; saves all of its activations but
 /// its inputs. `params` are the parameters the segment uses: they make the
 /// node record even when no input needs a gradient.
+///
+/// ```
+/// use headroom::{autograd::{backward, checkpoint}, rng::Rng, Arena, DType, Tag, Tensor};
+/// let arena = Arena::host();
+/// let w = Tensor::full(&arena, &[64, 64], 0.01, DType::F32, Tag::Parameter).unwrap().requires_grad();
+/// let x = Tensor::full(&arena, &[8, 64], 1.0, DType::F32, Tag::Data).unwrap().requires_grad();
+/// let w2 = w.clone();
+/// let y = checkpoint(&[&x], &[&w], &mut Rng::new(0), move |xs, _| xs[0].matmul(&w2)?.gelu()?.matmul(&w2)).unwrap();
+/// // Only the input is kept for backward, not the two intermediate results.
+/// assert_eq!(arena.stats().tag(Tag::Activation).allocated.current, 0);
+/// backward(&y.sum_all().unwrap()).unwrap();
+/// assert!(w.grad().is_some() && x.grad().is_some());
+/// ```
 pub fn checkpoint(
     inputs: &[&Tensor],
     params: &[&Tensor],

@@ -23,6 +23,15 @@ fn constant(arena: &Arena, shape: &[usize], value: f32) -> Result<Tensor> {
 }
 
 /// `y = x Wᵀ + b`, weight `[out, in]`.
+///
+/// ```
+/// use headroom::{nn::Linear, rng::Rng, Arena, DType, Tag, Tensor};
+/// let arena = Arena::host();
+/// let layer = Linear::new(&arena, 16, 4, true, &mut Rng::new(0)).unwrap();
+/// let x = Tensor::zeros(&arena, &[2, 3, 16], DType::F32, Tag::Data).unwrap();
+/// assert_eq!(layer.forward(&x).unwrap().shape(), &[2, 3, 4]);
+/// assert_eq!(arena.stats().tag(Tag::Parameter).requested.current, (16 * 4 + 4) * 4);
+/// ```
 #[derive(Clone)]
 pub struct Linear {
     pub weight: Tensor,

@@ -163,6 +163,18 @@ struct AdamState {
 }
 
 /// Adam with decoupled weight decay and bias correction.
+///
+/// ```
+/// use headroom::optim::{AdamW, AdamWConfig, Optimizer};
+/// use headroom::{autograd::backward, Arena, DType, Tag, Tensor};
+/// let arena = Arena::host();
+/// let w = Tensor::from_f32(&arena, &[1], &[1.0], DType::F32, Tag::Parameter).unwrap().requires_grad();
+/// let mut opt = AdamW::new(vec![w.clone()], AdamWConfig { lr: 0.1, weight_decay: 0.0, ..Default::default() }).unwrap();
+/// backward(&w.mul(&w).unwrap().sum_all().unwrap()).unwrap();
+/// opt.step().unwrap(); // the first Adam step moves by ≈ lr
+/// assert!((w.item().unwrap() - 0.9).abs() < 1e-6);
+/// assert_eq!(arena.stats().tag(Tag::OptimizerState).requested.current, 8); // two f32 moments
+/// ```
 pub struct AdamW {
     pub config: AdamWConfig,
     params: Vec<Tensor>,

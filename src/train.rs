@@ -207,6 +207,15 @@ impl LossScaler {
 }
 
 /// The state of a run: what a checkpoint saves and a resume restores.
+///
+/// ```
+/// use headroom::train::{Run, TrainConfig};
+/// use headroom::Arena;
+/// let cfg = TrainConfig { dim: 16, layers: 1, hidden: 32, progress: false, ..Default::default() };
+/// let mut run = Run::new(&cfg, Arena::host()).unwrap();
+/// let out = run.train_step().unwrap();
+/// assert!(out.applied && out.loss > 0.0 && run.step == 1);
+/// ```
 pub struct Run {
     pub arena: Arena,
     pub model: Classifier,
@@ -532,6 +541,14 @@ pub fn resolve_recompute(cfg: &TrainConfig) -> Result<Vec<bool>> {
 }
 
 /// Train the default classifier on the embedded data set.
+///
+/// ```
+/// use headroom::train::{train, TrainConfig};
+/// let cfg = TrainConfig { steps: Some(2), dim: 16, layers: 1, hidden: 32, progress: false, ..Default::default() };
+/// let report = train(&cfg).unwrap();
+/// assert_eq!(report.steps, 2);
+/// assert!(report.peak_by_tag["parameter"] > 0);
+/// ```
 pub fn train(cfg: &TrainConfig) -> Result<TrainReport> {
     let recompute = resolve_recompute(cfg)?;
     let arena = Arena::new(ArenaConfig { budget: cfg.budget, ..Default::default() })

@@ -296,7 +296,7 @@ pub struct ArenaConfig {
     /// Hard cap on reserved bytes; `None` is unbounded.
     pub budget: Option<usize>,
     pub backing: Backing,
-    /// Record every event (see [`Arena::trace`]).
+    /// Record every event (see [`Arena::trace_json`]).
     pub trace: bool,
 }
 
