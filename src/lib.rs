@@ -18,6 +18,7 @@ pub mod model;
 pub mod nn;
 pub mod ops;
 pub mod optim;
+pub mod plan;
 pub mod rng;
 pub mod tensor;
 pub mod train;

@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 use headroom::alloc::{fmt_bytes, parse_bytes, Arena, ArenaConfig, Tag};
 use headroom::bench;
+use headroom::plan;
 use headroom::train::{train, Precision, Recompute, TrainConfig};
 use std::process::ExitCode;
 
@@ -18,6 +19,12 @@ enum Command {
     /// Train the default model (a small transformer) on the embedded
     /// spoken-digits data and report loss, held-out accuracy and memory.
     Train(TrainArgs),
+    /// Predict a `train` configuration's peak memory, by tag and op, without
+    /// running it (same flags as train).
+    Plan(TrainArgs),
+    /// List the configurations (micro-batch × accumulation, precision,
+    /// recompute) that fit --budget, cheapest first (same flags as train).
+    Fit(TrainArgs),
     /// Show the allocator at work on a recorded-shaped training step, then
     /// hit the budget on purpose.
     AllocDemo {
@@ -52,6 +59,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Train(args) => run_train(args),
+        Command::Plan(args) => run_plan(args),
+        Command::Fit(args) => run_fit(args),
         Command::AllocDemo { budget } => alloc_demo(budget),
         Command::Bench { kernels, list, min_time, json, threads, clock_mhz } => {
             if list {
@@ -156,9 +165,12 @@ struct TrainArgs {
     /// Continue from the newest checkpoint in --checkpoint-dir.
     #[arg(long)]
     resume: bool,
-    /// Print one JSON object with the run's figures on stdout.
+    /// Print one JSON object with the figures on stdout.
     #[arg(long)]
     json: bool,
+    /// train: use the cheapest configuration that `fit` finds for --budget.
+    #[arg(long)]
+    fit: bool,
 }
 
 fn set_threads(threads: Option<usize>) -> Result<(), Box<dyn std::error::Error>> {
@@ -173,32 +185,96 @@ fn set_threads(threads: Option<usize>) -> Result<(), Box<dyn std::error::Error>>
     Ok(())
 }
 
+impl TrainArgs {
+    fn config(&self) -> Result<TrainConfig, Box<dyn std::error::Error>> {
+        if self.preset != "digits" {
+            return Err(format!("unknown preset `{}`; available: digits", self.preset).into());
+        }
+        Ok(TrainConfig {
+            steps: self.steps,
+            epochs: self.epochs,
+            batch: self.batch,
+            accum: self.accum,
+            precision: self.precision,
+            recompute: self.recompute.clone(),
+            checkpoint_dir: self.checkpoint_dir.clone(),
+            checkpoint_every: self.checkpoint_every,
+            resume: self.resume,
+            lr: self.lr,
+            seed: self.seed,
+            budget: self.budget,
+            layers: self.layers,
+            dim: self.dim,
+            eval_every: self.eval_every,
+            ..TrainConfig::default()
+        })
+    }
+}
+
 fn run_train(a: TrainArgs) -> Result<(), Box<dyn std::error::Error>> {
     set_threads(a.threads)?;
-    if a.preset != "digits" {
-        return Err(format!("unknown preset `{}`; available: digits", a.preset).into());
+    let mut cfg = a.config()?;
+    if a.fit {
+        let budget = a.budget.ok_or("--fit needs --budget")?;
+        let best = plan::fit(&cfg, budget)?.swap_remove(0);
+        eprintln!(
+            "fit: micro-batch {} × {} accumulation, {}, recompute {} (predicted peak {} reserved of {}; trades {})",
+            best.micro_batch,
+            best.accumulation,
+            best.precision.dtype(),
+            best.recompute,
+            fmt_bytes(best.predicted_peak_reserved_bytes),
+            fmt_bytes(budget),
+            best.trades
+        );
+        cfg = TrainConfig {
+            steps: cfg.steps,
+            epochs: cfg.epochs,
+            checkpoint_dir: cfg.checkpoint_dir.clone(),
+            resume: cfg.resume,
+            ..best.config
+        };
     }
-    let cfg = TrainConfig {
-        steps: a.steps,
-        epochs: a.epochs,
-        batch: a.batch,
-        accum: a.accum,
-        precision: a.precision,
-        recompute: a.recompute,
-        checkpoint_dir: a.checkpoint_dir,
-        checkpoint_every: a.checkpoint_every,
-        resume: a.resume,
-        lr: a.lr,
-        seed: a.seed,
-        budget: a.budget,
-        layers: a.layers,
-        dim: a.dim,
-        eval_every: a.eval_every,
-        ..TrainConfig::default()
-    };
     let report = train(&cfg)?;
     if a.json {
         println!("{}", serde_json::to_string(&report)?);
+    }
+    Ok(())
+}
+
+fn run_plan(a: TrainArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let p = plan::plan(&a.config()?)?;
+    if a.json {
+        println!("{}", serde_json::to_string(&p)?);
+    } else {
+        print!("{}", p.text());
+    }
+    Ok(())
+}
+
+fn run_fit(a: TrainArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let budget = a.budget.ok_or("fit needs --budget, e.g. --budget 64MiB")?;
+    let fits = plan::fit(&a.config()?, budget)?;
+    if a.json {
+        println!("{}", serde_json::to_string(&fits)?);
+        return Ok(());
+    }
+    println!("{} configurations fit {} (cheapest first; cost is estimated step time relative to plain f32 at the full batch):", fits.len(), fmt_bytes(budget));
+    println!(
+        "{:>6} {:>6} {:>6} {:>9} {:>12} {:>6}  trades",
+        "micro", "accum", "dtype", "recompute", "reserved", "cost"
+    );
+    for c in &fits {
+        println!(
+            "{:>6} {:>6} {:>6} {:>9} {:>12} {:>6.2}  {}",
+            c.micro_batch,
+            c.accumulation,
+            c.precision.dtype().name(),
+            c.recompute,
+            fmt_bytes(c.predicted_peak_reserved_bytes),
+            c.relative_cost,
+            c.trades
+        );
     }
     Ok(())
 }

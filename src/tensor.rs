@@ -265,6 +265,9 @@ impl Tensor {
 
     /// Normal samples with standard deviation `std`.
     pub fn randn(arena: &Arena, shape: &[usize], std: f32, dtype: DType, tag: Tag, rng: &mut Rng) -> Result<Tensor> {
+        if arena.backing() == Backing::Meta {
+            return Tensor::empty(arena, shape, dtype, tag, "from_f32"); // planning: bytes, not values
+        }
         let n = shape.iter().product();
         let v: Vec<f32> = (0..n).map(|_| rng.normal() * std).collect();
         Tensor::from_f32(arena, shape, &v, dtype, tag)
@@ -279,6 +282,9 @@ impl Tensor {
         tag: Tag,
         rng: &mut Rng,
     ) -> Result<Tensor> {
+        if arena.backing() == Backing::Meta {
+            return Tensor::empty(arena, shape, dtype, tag, "from_f32");
+        }
         let n = shape.iter().product();
         let v: Vec<f32> = (0..n).map(|_| (rng.uniform() * 2.0 - 1.0) * bound).collect();
         Tensor::from_f32(arena, shape, &v, dtype, tag)

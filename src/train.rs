@@ -491,18 +491,27 @@ fn unscale(params: &[Tensor], factor: f32) -> Result<()> {
     Ok(())
 }
 
-/// The bytes one optimizer step of `cfg` takes, planned on a meta arena by
-/// running the trainer's own step (two steps, so the optimizer state that
-/// the first step creates is part of the second's peak).
-pub fn plan_step(cfg: &TrainConfig) -> Result<Stats> {
-    let arena = Arena::new(ArenaConfig { budget: None, backing: Backing::Meta, trace: false })
+/// A run of `cfg` on a meta arena, exactly as `train` would do it: two
+/// optimizer steps (the first creates the optimizer state the second holds
+/// at its peak) and the final evaluation, with no memory and no kernel work.
+/// Returns the arena, the run and the clock at which the second step began.
+pub fn simulate(cfg: &TrainConfig, recompute: Vec<bool>, trace: bool) -> Result<(Arena, Run, u64)> {
+    let arena = Arena::new(ArenaConfig { budget: None, backing: Backing::Meta, trace })
         .map_err(|e| Error::invalid("plan", e.to_string()))?;
-    let mut quiet = cfg.clone();
-    quiet.progress = false;
+    let quiet = TrainConfig { progress: false, budget: None, ..cfg.clone() };
     let mut run = Run::new(&quiet, arena.clone())?;
+    run.recompute = recompute;
     run.train_step()?;
+    let second = arena.stats().clock + 1;
     run.train_step()?;
-    Ok(arena.stats())
+    let (_, test_set) = spoken_digits()?;
+    evaluate(&arena, &run.model, &test_set, cfg.batch, cfg.precision.dtype())?;
+    Ok((arena, run, second))
+}
+
+/// The allocator's figures for a run of `cfg`, planned (see [`simulate`]).
+pub fn plan_step(cfg: &TrainConfig) -> Result<Stats> {
+    Ok(simulate(cfg, resolve_recompute(cfg)?, false)?.0.stats())
 }
 
 /// Resolve `Recompute::Auto`: the fewest leading blocks to recompute so the
@@ -512,29 +521,20 @@ pub fn resolve_recompute(cfg: &TrainConfig) -> Result<Vec<bool>> {
         return Ok(cfg.recompute.mask(cfg.layers));
     }
     let Some(budget) = cfg.budget else { return Ok(vec![false; cfg.layers]) };
-    let mut last = 0;
+    let mut need = 0;
     for n in 0..=cfg.layers {
-        let mut c = cfg.clone();
-        c.recompute = Recompute::None;
-        let mut run_cfg = c.clone();
-        run_cfg.progress = false;
-        let arena = Arena::new(ArenaConfig { budget: None, backing: Backing::Meta, trace: false })
-            .map_err(|e| Error::invalid("plan", e.to_string()))?;
-        let mut run = Run::new(&run_cfg, arena.clone())?;
-        run.recompute = (0..cfg.layers).map(|i| i < n).collect();
-        run.train_step()?;
-        run.train_step()?;
-        last = arena.stats().reserved.peak;
-        if last <= budget {
-            return Ok(run.recompute);
+        let mask: Vec<bool> = (0..cfg.layers).map(|i| i < n).collect();
+        need = simulate(cfg, mask.clone(), false)?.0.stats().reserved.peak;
+        if need <= budget {
+            return Ok(mask);
         }
     }
     Err(Error::invalid(
         "recompute",
         format!(
-            "even recomputing all {} blocks the step needs {} reserved, over the budget of {}; lower --batch or raise --budget",
+            "even recomputing all {} blocks the run needs {} reserved, over the budget of {}; lower --batch or raise --budget",
             cfg.layers,
-            fmt_bytes(last),
+            fmt_bytes(need),
             fmt_bytes(budget)
         ),
     ))
@@ -680,7 +680,11 @@ pub fn evaluate(arena: &Arena, model: &Classifier, set: &Sequences, batch: usize
     for start in (0..set.n).step_by(batch.max(1)) {
         let idx: Vec<usize> = (start..(start + batch).min(set.n)).collect();
         let (x, y) = set.batch(arena, &idx, dtype)?;
-        let logits = model.forward(&x, None, &[])?.to_vec_f32()?;
+        let logits = model.forward(&x, None, &[])?;
+        if arena.backing() == Backing::Meta {
+            continue; // planning: the bytes were asked for, there are no values
+        }
+        let logits = logits.to_vec_f32()?;
         let labels = y.to_vec::<i32>()?;
         let c = set.classes;
         for (i, &label) in labels.iter().enumerate() {

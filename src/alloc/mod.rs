@@ -311,6 +311,20 @@ const POOL_NAMES: [&str; 2] = ["small", "large"];
 struct Live {
     requested: usize,
     tag: Tag,
+    label: &'static str,
+}
+
+/// A block in use, as [`Arena::live_blocks`] lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LiveBlock {
+    pub pool: &'static str,
+    pub offset: usize,
+    /// Rounded bytes.
+    pub bytes: usize,
+    pub requested: usize,
+    pub tag: Tag,
+    /// The op that allocated it.
+    pub label: &'static str,
 }
 
 struct Inner {
@@ -445,7 +459,7 @@ impl Arena {
                 s.by_tag_at_peak[tg.index()] = s.by_tag[tg.index()].allocated.current;
             }
         }
-        inner.live.insert((pool as u8, offset), Live { requested: n, tag });
+        inner.live.insert((pool as u8, offset), Live { requested: n, tag, label });
         inner.event(TraceKind::Alloc, rounded, n, Some(tag), pool, offset, label);
         let base = inner.pools[pool].seg.base();
         let ptr = if base.is_null() { base } else { unsafe { base.add(offset) } };
@@ -492,6 +506,25 @@ impl Arena {
     /// The tag a live block is counted under.
     pub fn tag_of(&self, b: &Block) -> Tag {
         self.lock().live[&(b.pool, b.offset)].tag
+    }
+
+    /// Every block in use, largest first.
+    pub fn live_blocks(&self) -> Vec<LiveBlock> {
+        let g = self.lock();
+        let mut out: Vec<LiveBlock> = g
+            .live
+            .iter()
+            .map(|(&(pool, offset), l)| LiveBlock {
+                pool: POOL_NAMES[pool as usize],
+                offset,
+                bytes: round_up(l.requested.max(1), GRANULE),
+                requested: l.requested,
+                tag: l.tag,
+                label: l.label,
+            })
+            .collect();
+        out.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(a.offset.cmp(&b.offset)));
+        out
     }
 
     /// Give every cached page back to the OS. Returns the bytes released.
