@@ -7,6 +7,7 @@ mod common;
 use common::{gradcheck_all, input, quantize};
 use headroom::alloc::{ArenaConfig, Backing};
 use headroom::autograd::{backward, backward_with};
+use headroom::cpu::attention::{tiles, Config};
 use headroom::model::{Classifier, ClassifierConfig};
 use headroom::nn::SelfAttention;
 use headroom::ops::{attention, AttentionKind, AttentionOptions};
@@ -137,6 +138,33 @@ fn fused_gradcheck_with_the_default_tiles() {
         tiles: None,
     }
     .gradcheck(AttentionKind::Fused);
+}
+
+#[test]
+fn fused_gradcheck_when_only_some_inputs_need_gradients() {
+    let c = small(9, 7, true, true);
+    let mut rng = Rng::new(77);
+    let x = |t: usize, rng: &mut Rng| input(rng, &[c.b, c.h, t, c.d]);
+    let inputs = [x(c.tq, &mut rng), x(c.tk, &mut rng), x(c.tk, &mut rng)];
+    for grad in [
+        [true, false, false],
+        [false, true, true],
+        [false, false, true],
+        [true, true, false],
+    ] {
+        gradcheck_all(
+            |t| {
+                attention(
+                    &t[0],
+                    &t[1],
+                    &t[2],
+                    &c.opts(t[0].arena(), AttentionKind::Fused),
+                )
+            },
+            &inputs,
+            &grad,
+        );
+    }
 }
 
 #[test]
@@ -485,6 +513,12 @@ fn meta_device_allocates_like_host() {
 
 #[test]
 fn results_do_not_depend_on_thread_count() {
+    // B·H = 4: one worker runs the one-pass backward, three run two passes;
+    // both must give the same bits.
+    let plan = |threads| {
+        Config::new(2, 2, 300, 280, 64, tiles(64), 0.125, true).backward_plan(threads, true, true)
+    };
+    assert!(plan(1).one_pass && !plan(3).one_pass);
     let c = Case {
         b: 2,
         h: 2,

@@ -45,13 +45,16 @@ const MIN_TILE: usize = 16;
 /// (`lscpu`: AMD EPYC, Zen 4, 32 KiB L1d and 1 MiB L2 per core, 32 MiB L3,
 /// AVX-512): at D = 64 a forward worker touches Q, K, V and accumulator
 /// tiles of 32 KiB each and a 64 KiB score tile (192 KiB), a backward worker
-/// about 320 KiB — all inside its L2 with room for matrixmultiply's packing
-/// buffers, while the score tile is wide enough (128 columns = 8 AVX-512
-/// registers per row) that the row loops run at vector speed. Every tile
-/// product (`bq·D + D·bk`, `bk·(bq + D)`, `bq·(bk + D)` elements) stays
-/// below [`GEMM_SERIAL`], so matrixmultiply never spawns threads of its own
-/// inside a rayon task. PyTorch's CPU kernel uses key blocks of 512; here
-/// that would cross the threading threshold and quadruple the score tile.
+/// about 450 KiB (plus Tq·D·4 bytes of dQ in one-pass mode) — inside its L2
+/// with room for matrixmultiply's packing buffers — while a score row is 128
+/// wide (8 AVX-512 registers), so the row loops run at vector speed. Every
+/// tile product (`bq·D + D·bk`, `bk·(bq + D)`, `bq·(bk + D)` elements)
+/// stays below [`GEMM_SERIAL`], so matrixmultiply never starts threads of
+/// its own inside a rayon task; PyTorch's CPU kernel uses key blocks of 512,
+/// which here would cross that threshold. Measured at N = 2048, D = 64, one
+/// thread: 64×64 was about 15 % slower forward and backward, 32×128 about
+/// 25 % slower forward; 64×128, 128×64 and 128×256 were within the run-to-run
+/// noise (±10 % on this shared machine) of 128×128.
 pub fn tiles(d: usize) -> (usize, usize) {
     let mut t = MAX_TILE;
     while t > MIN_TILE && (t * (t + d) >= GEMM_SERIAL || 2 * t * d >= GEMM_SERIAL) {
@@ -125,21 +128,58 @@ impl Config {
         let (bq, bk, d) = (self.bq, self.bk, self.d);
         2 * bq * d + 2 * bk * d + bq * bk + 3 * bq
     }
-    /// f32s of one backward worker: Q, dO, K, V tiles, two accumulators
-    /// (dK and dV, or dQ), and the score and dP tiles.
+    /// f32s of one backward worker: Q and dO tiles in both orientations,
+    /// K in both, V transposed, two accumulators (dK and dV, or dQ), and the
+    /// score and dP tiles.
     fn backward_slot(&self) -> usize {
         let (bq, bk, d) = (self.bq, self.bk, self.d);
-        2 * bq * d + 2 * bk * d + (bq.max(bk) + bk) * d + 2 * bq * bk
+        4 * bq * d + 3 * bk * d + (bq.max(bk) + bk) * d + 2 * bq * bk
     }
     /// Workspace (f32 elements) of [`forward`] with `threads` workers.
     pub fn forward_workspace(&self, threads: usize) -> usize {
         slots(threads, self.batch * self.heads * self.q_tiles()) * self.forward_slot()
     }
-    /// Workspace (f32 elements) of [`backward`] with `threads` workers, not
-    /// counting the `batch·heads·tq` row sums D it is also given.
-    pub fn backward_workspace(&self, threads: usize) -> usize {
-        let tasks = self.batch * self.heads * self.q_tiles().max(self.k_tiles());
-        slots(threads, tasks) * self.backward_slot()
+    /// How [`backward`] splits its work over `threads` workers, given which
+    /// gradients are wanted.
+    pub fn backward_plan(&self, threads: usize, dq: bool, dkv: bool) -> Plan {
+        let bh = self.batch * self.heads;
+        if dq && dkv && bh >= 2 * threads {
+            // Enough (batch, head) pairs to keep every worker busy: one pass.
+            let per_slot = self.backward_slot() + self.tq * self.d;
+            return Plan {
+                one_pass: true,
+                slots: slots(threads, bh),
+                per_slot,
+            };
+        }
+        let tasks = bh * self.q_tiles().max(self.k_tiles());
+        Plan {
+            one_pass: false,
+            slots: slots(threads, tasks),
+            per_slot: self.backward_slot(),
+        }
+    }
+}
+
+/// The backward's scheme and workspace. Both schemes add every gradient
+/// element's terms in the same order with the same products, so they give
+/// bit-identical results; the plan changes speed and scratch only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Plan {
+    /// One task per (batch, head), key tiles in order, dQ accumulated in
+    /// the worker's f32 buffer of Tq × D: 5 tile products per tile pair.
+    /// Otherwise two passes (dK and dV per key tile, then dQ per query
+    /// tile): 7 products per tile pair, but B·H·tiles tasks to share out.
+    pub one_pass: bool,
+    slots: usize,
+    per_slot: usize,
+}
+
+impl Plan {
+    /// Workspace (f32 elements), not counting the `batch·heads·tq` row sums
+    /// D the backward is also given.
+    pub fn workspace(&self) -> usize {
+        self.slots * self.per_slot
     }
 }
 
@@ -236,25 +276,46 @@ fn run_tasks(
     }
 }
 
-/// Rows `i0..i0 + n` of (b, h) as f32, times `scale`, into `dst` (n × d).
+/// Rows `i0..i0 + n` of (b, h) as f32, times `scale`: into `rows` as an
+/// n × d row-major tile and/or into `cols` transposed (d × n).
+///
+/// matrixmultiply copies an operand into its panels with plain copies only
+/// when the left operand is column-major or the right one row-major, and
+/// gathers it element by element otherwise; the tiles are stored in the
+/// orientation each product wants.
 #[inline]
 #[allow(clippy::too_many_arguments)]
 fn load<T: Float>(
     src: &Rows<T>,
-    b: usize,
-    h: usize,
-    i0: usize,
-    n: usize,
-    d: usize,
+    (b, h, i0, n, d): (usize, usize, usize, usize, usize),
     scale: f32,
-    dst: &mut [f32],
+    rows: Option<&mut [f32]>,
+    cols: Option<&mut [f32]>,
 ) {
-    for r in 0..n {
-        let s = src.row(b, h, i0 + r, d);
-        for (o, x) in dst[r * d..(r + 1) * d].iter_mut().zip(s) {
-            *o = x.to_f32() * scale;
+    if let Some(dst) = rows {
+        for r in 0..n {
+            let s = src.row(b, h, i0 + r, d);
+            for (o, x) in dst[r * d..(r + 1) * d].iter_mut().zip(s) {
+                *o = x.to_f32() * scale;
+            }
         }
     }
+    if let Some(dst) = cols {
+        for r in 0..n {
+            for (kk, x) in src.row(b, h, i0 + r, d).iter().enumerate() {
+                dst[kk * n + r] = x.to_f32() * scale;
+            }
+        }
+    }
+}
+
+/// An m × n tile stored row-major, or its transpose read as one.
+fn row_major(n: usize) -> Layout {
+    lay(n, 1)
+}
+/// An m × n matrix stored column-major (its transpose row-major).
+fn col_major(m: usize) -> Layout {
+    lay(1, m)
 }
 
 fn lay(rs: usize, cs: usize) -> Layout {
@@ -303,6 +364,8 @@ pub fn forward<T: Float>(
         let (bh, qi) = (t / nqt, nqt - 1 - t % nqt);
         let (b, h) = (bh / c.heads, bh % c.heads);
         let (i0, nq) = (qi * bq, bq.min(c.tq - qi * bq));
+        // Q and K transposed, V as it is: every product packs by plain copies
+        // except P (the left operand of P·V), which the row loops need row-major.
         let (qt, w) = w.split_at_mut(bq * d);
         let (kt, w) = w.split_at_mut(bk * d);
         let (vt, w) = w.split_at_mut(bk * d);
@@ -316,7 +379,7 @@ pub fn forward<T: Float>(
             &mut l[..nq],
             &mut alpha[..nq],
         );
-        load(&q, b, h, i0, nq, d, c.scale, qt);
+        load(&q, (b, h, i0, nq, d), c.scale, None, Some(qt));
         acc.fill(0.0);
         m.fill(f32::NEG_INFINITY);
         l.fill(0.0);
@@ -327,19 +390,20 @@ pub fn forward<T: Float>(
             if pt.is_some_and(|p| p.iter().all(|&x| x != 0)) {
                 continue;
             }
-            load(&k, b, h, j0, nk, d, 1.0, kt);
-            load(&v, b, h, j0, nk, d, 1.0, vt);
+            load(&k, (b, h, j0, nk, d), 1.0, None, Some(kt));
+            load(&v, (b, h, j0, nk, d), 1.0, Some(vt), None);
             let s = &mut s[..nq * nk];
+            // S = (scale·Q) Kᵀ
             gemm_f32(
                 nq,
                 d,
                 nk,
                 qt,
-                lay(d, 1),
+                col_major(nq),
                 kt,
-                lay(1, d),
+                row_major(nk),
                 s,
-                lay(nk, 1),
+                row_major(nk),
                 false,
             );
             online_softmax(
@@ -356,16 +420,17 @@ pub fn forward<T: Float>(
                 alpha,
             );
             rescale(acc, d, alpha);
+            // O += P V
             gemm_f32(
                 nq,
                 nk,
                 d,
                 s,
-                lay(nk, 1),
+                row_major(nk),
                 vt,
-                lay(d, 1),
+                row_major(d),
                 acc,
-                lay(d, 1),
+                row_major(d),
                 true,
             );
         }
@@ -411,28 +476,28 @@ pub fn row_dots<T: Float>(c: &Config, o: Rows<T>, go: Rows<T>, dvec: &mut [f32])
     }
 }
 
-/// The backward pass, given the forward's output `o`, its log-sum-exp
-/// (`[B, H, Tq]`, dense), the output gradient `go` and the row sums
+/// What the backward reads: the forward's inputs, the output gradient `go`,
+/// the key mask, the log-sum-exp (`[B, H, Tq]`, dense) and the row sums
 /// `dvec = rowsum(dO ∘ O)` from [`row_dots`].
-#[allow(clippy::too_many_arguments)]
-pub fn backward<T: Float>(
-    c: &Config,
-    q: Rows<T>,
-    k: Rows<T>,
-    v: Rows<T>,
-    go: Rows<T>,
-    pad: Option<&[u8]>,
-    lse: &[f32],
-    dvec: &[f32],
-    g: Grads<T>,
-    ws: &mut [f32],
-) {
-    let (d, bq, bk, tq, tk) = (c.d, c.bq, c.bk, c.tq, c.tk);
+#[derive(Clone, Copy)]
+pub struct Saved<'a, T> {
+    pub q: Rows<'a, T>,
+    pub k: Rows<'a, T>,
+    pub v: Rows<'a, T>,
+    pub go: Rows<'a, T>,
+    pub pad: Option<&'a [u8]>,
+    pub lse: &'a [f32],
+    pub dvec: &'a [f32],
+}
+
+/// The backward pass, split as `plan` says (from [`Config::backward_plan`]
+/// with the gradients `g` asks for); `ws` is `plan.workspace()` long.
+pub fn backward<T: Float>(c: &Config, x: &Saved<T>, g: Grads<T>, plan: &Plan, ws: &mut [f32]) {
+    let (d, tq, tk) = (c.d, c.tq, c.tk);
     let (nqt, nkt) = (c.q_tiles(), c.k_tiles());
     let bh_n = c.batch * c.heads;
-    let per = c.backward_slot();
-    // SAFETY: dense [B, H, T, D] gradients: distinct rows never overlap.
     fn dense<T>(x: Option<&mut [T]>, heads: usize, t: usize, d: usize) -> Option<RowsMut<'_, T>> {
+        // SAFETY: dense [B, H, T, D] gradients: distinct rows never overlap.
         x.map(|x| unsafe { RowsMut::new(x, [heads * t * d, t * d, d]) })
     }
     let (dq, dk, dv) = (
@@ -440,199 +505,268 @@ pub fn backward<T: Float>(
         dense(g.dk, c.heads, tk, d),
         dense(g.dv, c.heads, tk, d),
     );
+    let write_dq = |dq: &RowsMut<T>, b: usize, h: usize, i0: usize, acc: &[f32]| {
+        for (r, a) in acc.chunks_exact(d).enumerate() {
+            // SAFETY: the caller's task is the only one given these rows.
+            let o = unsafe { dq.row(b, h, i0 + r, d) };
+            for (o, a) in o.iter_mut().zip(a) {
+                *o = T::from_f32(a * c.scale);
+            }
+        }
+    };
+    let slot = c.backward_slot();
+    if plan.one_pass {
+        let dq = dq.as_ref().expect("one pass computes dQ");
+        run_tasks(ws, plan.per_slot, bh_n, |bh, w| {
+            let (w, acc) = w.split_at_mut(slot);
+            let acc = &mut acc[..tq * d];
+            acc.fill(0.0);
+            for kj in 0..nkt {
+                key_tile(c, x, bh, kj, w, dk.as_ref(), dv.as_ref(), Some(acc));
+            }
+            write_dq(dq, bh / c.heads, bh % c.heads, 0, acc);
+        });
+        return;
+    }
     // Pass 1: dK and dV, one task per (batch, head, key tile).
     if dk.is_some() || dv.is_some() {
-        run_tasks(ws, per, bh_n * nkt, |t, w| {
-            let (bh, kj) = (t / nkt, t % nkt);
-            let (b, h) = (bh / c.heads, bh % c.heads);
-            let (j0, nk) = (kj * bk, bk.min(tk - kj * bk));
-            let [qt, dot, kt, vt, a1, a2, s, dp] = backward_parts(c, w);
-            let (dka, dva) = (&mut a1[..nk * d], &mut a2[..nk * d]);
-            dka.fill(0.0);
-            dva.fill(0.0);
-            let pt = pad.map(|p| &p[b * tk + j0..b * tk + j0 + nk]);
-            if !pt.is_some_and(|p| p.iter().all(|&x| x != 0)) {
-                load(&k, b, h, j0, nk, d, 1.0, kt);
-                load(&v, b, h, j0, nk, d, 1.0, vt);
-                // Under a causal mask, query i sees key j0 only when i ≥ j0.
-                let first = if c.causal { j0 / bq } else { 0 };
-                for qi in first..nqt {
-                    let (i0, nq) = (qi * bq, bq.min(tq - qi * bq));
-                    load(&q, b, h, i0, nq, d, c.scale, qt);
-                    load(&go, b, h, i0, nq, d, 1.0, dot);
-                    let (s, dp) = (&mut s[..nq * nk], &mut dp[..nq * nk]);
-                    gemm_f32(
-                        nq,
-                        d,
-                        nk,
-                        qt,
-                        lay(d, 1),
-                        kt,
-                        lay(1, d),
-                        s,
-                        lay(nk, 1),
-                        false,
-                    );
-                    gemm_f32(
-                        nq,
-                        d,
-                        nk,
-                        dot,
-                        lay(d, 1),
-                        vt,
-                        lay(1, d),
-                        dp,
-                        lay(nk, 1),
-                        false,
-                    );
-                    let rows = bh * tq + i0..bh * tq + i0 + nq;
-                    probs_and_grads(
-                        s,
-                        dp,
-                        nk,
-                        Visible {
-                            causal: c.causal,
-                            i0,
-                            j0,
-                        },
-                        pt,
-                        &lse[rows.clone()],
-                        &dvec[rows],
-                    );
-                    gemm_f32(
-                        nk,
-                        nq,
-                        d,
-                        s,
-                        lay(1, nk),
-                        dot,
-                        lay(d, 1),
-                        dva,
-                        lay(d, 1),
-                        true,
-                    );
-                    gemm_f32(
-                        nk,
-                        nq,
-                        d,
-                        dp,
-                        lay(1, nk),
-                        qt,
-                        lay(d, 1),
-                        dka,
-                        lay(d, 1),
-                        true,
-                    );
-                }
-            }
-            for (dst, acc) in [(&dk, &*dka), (&dv, &*dva)] {
-                let Some(dst) = dst else { continue };
-                for r in 0..nk {
-                    // SAFETY: this task is the only one given (b, h, j0..j0 + nk).
-                    let o = unsafe { dst.row(b, h, j0 + r, d) };
-                    for (o, a) in o.iter_mut().zip(&acc[r * d..(r + 1) * d]) {
-                        *o = T::from_f32(*a);
-                    }
-                }
-            }
+        run_tasks(ws, plan.per_slot, bh_n * nkt, |t, w| {
+            key_tile(c, x, t / nkt, t % nkt, w, dk.as_ref(), dv.as_ref(), None)
         });
     }
-
     // Pass 2: dQ, one task per (batch, head, query tile).
     if let Some(dq) = &dq {
-        run_tasks(ws, per, bh_n * nqt, |t, w| {
+        run_tasks(ws, plan.per_slot, bh_n * nqt, |t, w| {
+            // Last query tiles first: under a causal mask they have the most keys.
             let (bh, qi) = (t / nqt, nqt - 1 - t % nqt);
-            let (b, h) = (bh / c.heads, bh % c.heads);
-            let (i0, nq) = (qi * bq, bq.min(tq - qi * bq));
-            let [qt, dot, kt, vt, a1, _, s, dp] = backward_parts(c, w);
-            let dqa = &mut a1[..nq * d];
-            dqa.fill(0.0);
-            load(&q, b, h, i0, nq, d, c.scale, qt);
-            load(&go, b, h, i0, nq, d, 1.0, dot);
-            let rows = bh * tq + i0..bh * tq + i0 + nq;
-            let padb = pad.map(|p| &p[b * tk..(b + 1) * tk]);
-            for j0 in (0..c.key_end(i0 + nq)).step_by(bk) {
-                let nk = bk.min(tk - j0);
-                let pt = padb.map(|p| &p[j0..j0 + nk]);
-                if pt.is_some_and(|p| p.iter().all(|&x| x != 0)) {
-                    continue;
-                }
-                load(&k, b, h, j0, nk, d, 1.0, kt);
-                load(&v, b, h, j0, nk, d, 1.0, vt);
-                let (s, dp) = (&mut s[..nq * nk], &mut dp[..nq * nk]);
-                gemm_f32(
-                    nq,
-                    d,
-                    nk,
-                    qt,
-                    lay(d, 1),
-                    kt,
-                    lay(1, d),
-                    s,
-                    lay(nk, 1),
-                    false,
-                );
-                gemm_f32(
-                    nq,
-                    d,
-                    nk,
-                    dot,
-                    lay(d, 1),
-                    vt,
-                    lay(1, d),
-                    dp,
-                    lay(nk, 1),
-                    false,
-                );
-                probs_and_grads(
-                    s,
-                    dp,
-                    nk,
-                    Visible {
-                        causal: c.causal,
-                        i0,
-                        j0,
-                    },
-                    pt,
-                    &lse[rows.clone()],
-                    &dvec[rows.clone()],
-                );
-                gemm_f32(
-                    nq,
-                    nk,
-                    d,
-                    dp,
-                    lay(nk, 1),
-                    kt,
-                    lay(d, 1),
-                    dqa,
-                    lay(d, 1),
-                    true,
-                );
-            }
-            for r in 0..nq {
-                // SAFETY: this task is the only one given (b, h, i0..i0 + nq).
-                let o = unsafe { dq.row(b, h, i0 + r, d) };
-                for (o, a) in o.iter_mut().zip(&dqa[r * d..(r + 1) * d]) {
-                    *o = T::from_f32(a * c.scale);
-                }
-            }
+            let (i0, acc) = query_tile(c, x, bh, qi, w);
+            write_dq(dq, bh / c.heads, bh % c.heads, i0, acc);
         });
     }
 }
 
-/// A backward worker's slot cut into Q, dO, K, V tiles, two accumulators,
-/// and the score and dP tiles.
-fn backward_parts<'w>(c: &Config, w: &'w mut [f32]) -> [&'w mut [f32]; 8] {
+/// Key tile `kj` of (b, h) = `bh`: dK and dV over the query tiles in order,
+/// written to `dk` and `dv`; when `dq` (the f32 Tq × D accumulator of this
+/// (b, h)) is given, each tile pair's dS·K is added into it as well.
+#[allow(clippy::too_many_arguments)]
+fn key_tile<T: Float>(
+    c: &Config,
+    x: &Saved<T>,
+    bh: usize,
+    kj: usize,
+    w: &mut [f32],
+    dk: Option<&RowsMut<T>>,
+    dv: Option<&RowsMut<T>>,
+    mut dq: Option<&mut [f32]>,
+) {
+    let (d, bq, bk, tq, tk) = (c.d, c.bq, c.bk, c.tq, c.tk);
+    let (b, h) = (bh / c.heads, bh % c.heads);
+    let (j0, nk) = (kj * bk, bk.min(tk - kj * bk));
+    let [qr, qt, dor, dot, kr, kt, vt, a1, a2, s, dp] = backward_parts(c, w);
+    let (dka, dva) = (&mut a1[..nk * d], &mut a2[..nk * d]);
+    dka.fill(0.0);
+    dva.fill(0.0);
+    let pt = x.pad.map(|p| &p[b * tk + j0..b * tk + j0 + nk]);
+    if !pt.is_some_and(|p| p.iter().all(|&x| x != 0)) {
+        // K row-major only when dS·K goes into dQ here.
+        let krows = if dq.is_some() { Some(&mut *kr) } else { None };
+        load(&x.k, (b, h, j0, nk, d), 1.0, krows, Some(kt));
+        load(&x.v, (b, h, j0, nk, d), 1.0, None, Some(vt));
+        // Under a causal mask, query i sees key j0 only when i ≥ j0.
+        let first = if c.causal { j0 / bq } else { 0 };
+        for qi in first..c.q_tiles() {
+            let (i0, nq) = (qi * bq, bq.min(tq - qi * bq));
+            if c.causal && j0 >= i0 + nq {
+                continue;
+            }
+            load(&x.q, (b, h, i0, nq, d), c.scale, Some(qr), Some(qt));
+            load(&x.go, (b, h, i0, nq, d), 1.0, Some(dor), Some(dot));
+            let (s, dp) = (&mut s[..nq * nk], &mut dp[..nq * nk]);
+            // S = (scale·Q) Kᵀ, dP = dO Vᵀ
+            gemm_f32(
+                nq,
+                d,
+                nk,
+                qt,
+                col_major(nq),
+                kt,
+                row_major(nk),
+                s,
+                row_major(nk),
+                false,
+            );
+            gemm_f32(
+                nq,
+                d,
+                nk,
+                dot,
+                col_major(nq),
+                vt,
+                row_major(nk),
+                dp,
+                row_major(nk),
+                false,
+            );
+            let rows = bh * tq + i0..bh * tq + i0 + nq;
+            let vis = Visible {
+                causal: c.causal,
+                i0,
+                j0,
+            };
+            probs_and_grads(s, dp, nk, vis, pt, &x.lse[rows.clone()], &x.dvec[rows]);
+            // dV += Pᵀ dO, dK += dSᵀ (scale·Q)
+            gemm_f32(
+                nk,
+                nq,
+                d,
+                s,
+                col_major(nk),
+                dor,
+                row_major(d),
+                dva,
+                row_major(d),
+                true,
+            );
+            gemm_f32(
+                nk,
+                nq,
+                d,
+                dp,
+                col_major(nk),
+                qr,
+                row_major(d),
+                dka,
+                row_major(d),
+                true,
+            );
+            if let Some(acc) = dq.as_deref_mut() {
+                let acc = &mut acc[i0 * d..(i0 + nq) * d];
+                gemm_f32(
+                    nq,
+                    nk,
+                    d,
+                    dp,
+                    row_major(nk),
+                    kr,
+                    row_major(d),
+                    acc,
+                    row_major(d),
+                    true,
+                );
+            }
+        }
+    }
+    for (dst, acc) in [(dk, &*dka), (dv, &*dva)] {
+        let Some(dst) = dst else { continue };
+        for r in 0..nk {
+            // SAFETY: this task is the only one given (b, h, j0..j0 + nk).
+            let o = unsafe { dst.row(b, h, j0 + r, d) };
+            for (o, a) in o.iter_mut().zip(&acc[r * d..(r + 1) * d]) {
+                *o = T::from_f32(*a);
+            }
+        }
+    }
+}
+
+/// Query tile `qi` of (b, h) = `bh`: dQ/scale over the key tiles in order.
+/// Returns the tile's first row and its f32 accumulator (nq × d).
+fn query_tile<'w, T: Float>(
+    c: &Config,
+    x: &Saved<T>,
+    bh: usize,
+    qi: usize,
+    w: &'w mut [f32],
+) -> (usize, &'w [f32]) {
+    let (d, bq, bk, tq, tk) = (c.d, c.bq, c.bk, c.tq, c.tk);
+    let (b, h) = (bh / c.heads, bh % c.heads);
+    let (i0, nq) = (qi * bq, bq.min(tq - qi * bq));
+    let [_, qt, _, dot, kr, kt, vt, a1, _, s, dp] = backward_parts(c, w);
+    let dqa = &mut a1[..nq * d];
+    dqa.fill(0.0);
+    load(&x.q, (b, h, i0, nq, d), c.scale, None, Some(qt));
+    load(&x.go, (b, h, i0, nq, d), 1.0, None, Some(dot));
+    let rows = bh * tq + i0..bh * tq + i0 + nq;
+    let padb = x.pad.map(|p| &p[b * tk..(b + 1) * tk]);
+    for j0 in (0..c.key_end(i0 + nq)).step_by(bk) {
+        let nk = bk.min(tk - j0);
+        let pt = padb.map(|p| &p[j0..j0 + nk]);
+        if pt.is_some_and(|p| p.iter().all(|&x| x != 0)) {
+            continue;
+        }
+        load(&x.k, (b, h, j0, nk, d), 1.0, Some(&mut *kr), Some(&mut *kt));
+        load(&x.v, (b, h, j0, nk, d), 1.0, None, Some(&mut *vt));
+        let (s, dp) = (&mut s[..nq * nk], &mut dp[..nq * nk]);
+        gemm_f32(
+            nq,
+            d,
+            nk,
+            qt,
+            col_major(nq),
+            kt,
+            row_major(nk),
+            s,
+            row_major(nk),
+            false,
+        );
+        gemm_f32(
+            nq,
+            d,
+            nk,
+            dot,
+            col_major(nq),
+            vt,
+            row_major(nk),
+            dp,
+            row_major(nk),
+            false,
+        );
+        let vis = Visible {
+            causal: c.causal,
+            i0,
+            j0,
+        };
+        probs_and_grads(
+            s,
+            dp,
+            nk,
+            vis,
+            pt,
+            &x.lse[rows.clone()],
+            &x.dvec[rows.clone()],
+        );
+        // dQ += dS K (times scale when written)
+        gemm_f32(
+            nq,
+            nk,
+            d,
+            dp,
+            row_major(nk),
+            kr,
+            row_major(d),
+            dqa,
+            row_major(d),
+            true,
+        );
+    }
+    (i0, dqa)
+}
+
+/// A backward worker's slot: Q and dO tiles row-major and transposed, K
+/// row-major and transposed, V transposed, two accumulators, and the score
+/// and dP tiles.
+fn backward_parts<'w>(c: &Config, w: &'w mut [f32]) -> [&'w mut [f32]; 11] {
     let (bq, bk, d) = (c.bq, c.bk, c.d);
+    let (qr, w) = w.split_at_mut(bq * d);
     let (qt, w) = w.split_at_mut(bq * d);
+    let (dor, w) = w.split_at_mut(bq * d);
     let (dot, w) = w.split_at_mut(bq * d);
+    let (kr, w) = w.split_at_mut(bk * d);
     let (kt, w) = w.split_at_mut(bk * d);
     let (vt, w) = w.split_at_mut(bk * d);
     let (a1, w) = w.split_at_mut(bq.max(bk) * d);
     let (a2, w) = w.split_at_mut(bk * d);
     let (s, dp) = w.split_at_mut(bq * bk);
-    [qt, dot, kt, vt, a1, a2, s, dp]
+    [qr, qt, dor, dot, kr, kt, vt, a1, a2, s, dp]
 }
 
 // ---- row loops, compiled per instruction set ----

@@ -6,7 +6,7 @@
 use super::{output, same_arena, same_dtype};
 use crate::alloc::Tag;
 use crate::autograd::record;
-use crate::cpu::attention::{self as kern, Config, Grads, Rows, RowsMut};
+use crate::cpu::attention::{self as kern, Config, Grads, Rows, RowsMut, Saved};
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Element, Tensor};
 use crate::with_float;
@@ -78,11 +78,16 @@ const OP: &str = "attention";
 /// `[B, Tq, H·D]`) copies nothing. It saves q, k, v (as given — views of a
 /// projection's output are kept as that one storage), the output, one f32
 /// log-sum-exp per query row and the key mask:
-/// `size·(B·H·Tq·D + 2·B·H·Tk·D + B·H·Tq·D) + 4·B·H·Tq (+ B·Tk)` bytes
-/// when q, k and v are separate tensors. While the forward runs it holds a
-/// Workspace of `threads × (2·bq·D + 2·bk·D + bq·bk + 3·bq)` f32s; the
-/// backward `threads × (2·bq·D + 2·bk·D + (max(bq, bk) + bk)·D + 2·bq·bk)`
-/// f32s plus `B·H·Tq` f32 row sums — nothing that grows with Tq·Tk.
+/// `size·(2·B·H·Tq·D + 2·B·H·Tk·D) + 4·B·H·Tq` bytes when q, k and v are
+/// separate tensors (plus `B·Tk` if the mask had to be made dense).
+///
+/// Workspace, with w = rayon's thread count (fewer when there are fewer
+/// tasks) and (bq, bk) the tiles: the forward holds
+/// `w·(2·bq·D + 2·bk·D + bq·bk + 3·bq)` f32s while it runs; the backward
+/// `w·(4·bq·D + 3·bk·D + (max(bq, bk) + bk)·D + 2·bq·bk)` f32s, plus
+/// `w·Tq·D` when B·H ≥ 2·w (it then runs in one pass, accumulating dQ per
+/// (batch, head) in f32), plus `B·H·Tq` f32 row sums. Nothing grows with
+/// Tq·Tk.
 ///
 /// `Naive` saves what its ops save: q and k for the scores, the B×H×Tq×Tk
 /// softmax output, v, and the masks (a `[Tq, Tk]` causal mask).
@@ -322,9 +327,11 @@ fn fused(
         };
         let (dq, dk, dv) = (grad(wants[0], q)?, grad(wants[1], k)?, grad(wants[2], v)?);
         let dvec = Tensor::empty(q.arena(), &[b * h * tq], DType::F32, Tag::Workspace, OP)?;
+        let threads = rayon::current_num_threads();
+        let plan = cfg.backward_plan(threads, dq.is_some(), dk.is_some() || dv.is_some());
         let ws = Tensor::empty(
             q.arena(),
-            &[cfg.backward_workspace(rayon::current_num_threads())],
+            &[plan.workspace()],
             DType::F32,
             Tag::Workspace,
             OP,
@@ -333,23 +340,21 @@ fn fused(
             let pad = s.get(5).map(|m| m.data::<u8>()).transpose()?;
             with_float!(OP, q.dtype(), |T| {
                 kern::row_dots::<T>(&cfg, rows(o)?, rows(&go)?, dvec.data_mut::<f32>()?);
+                let saved = Saved {
+                    q: rows(q)?,
+                    k: rows(k)?,
+                    v: rows(v)?,
+                    go: rows(&go)?,
+                    pad,
+                    lse: lse.data::<f32>()?,
+                    dvec: dvec.data::<f32>()?,
+                };
                 let grads = Grads {
                     dq: data_of::<T>(&dq)?,
                     dk: data_of::<T>(&dk)?,
                     dv: data_of::<T>(&dv)?,
                 };
-                kern::backward::<T>(
-                    &cfg,
-                    rows(q)?,
-                    rows(k)?,
-                    rows(v)?,
-                    rows(&go)?,
-                    pad,
-                    lse.data::<f32>()?,
-                    dvec.data::<f32>()?,
-                    grads,
-                    ws.data_mut::<f32>()?,
-                );
+                kern::backward::<T>(&cfg, &saved, grads, &plan, ws.data_mut::<f32>()?);
             });
         }
         Ok(vec![dq, dk, dv])
