@@ -53,7 +53,7 @@ const MIN_TILE: usize = 16;
 /// its own inside a rayon task; PyTorch's CPU kernel uses key blocks of 512,
 /// which here would cross that threshold. Measured at N = 2048, D = 64, one
 /// thread: 64×64 was about 15 % slower forward and backward, 32×128 about
-/// 25 % slower forward; 64×128, 128×64 and 128×256 were within the run-to-run
+/// 30 % slower forward; 64×128, 128×64 and 128×256 were within the run-to-run
 /// noise (±10 % on this shared machine) of 128×128.
 pub fn tiles(d: usize) -> (usize, usize) {
     let mut t = MAX_TILE;
