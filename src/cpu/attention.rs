@@ -6,19 +6,25 @@
 //! writes the output rows and one log-sum-exp `m + ln l` per query row.
 //!
 //! Backward: the probabilities are recomputed tile by tile from Q, K and the
-//! log-sum-exp, in two passes so that every gradient row has exactly one
-//! writer and no atomics are needed: one task per (batch, head, key tile)
+//! log-sum-exp, and every gradient row has exactly one writer, so no atomics
+//! are needed. Two passes in general: one task per (batch, head, key tile)
 //! accumulates dK and dV over the query tiles in order, then one task per
 //! (batch, head, query tile) accumulates dQ over the key tiles in order.
+//! When there are at least two (batch, head) pairs per worker, one pass
+//! instead: a task per (batch, head) walks the key tiles in order and also
+//! adds dS·K into an f32 dQ buffer of its own — five tile products per tile
+//! pair instead of seven, the same additions in the same order (see
+//! [`Plan`]).
 //! With D = rowsum(dO ∘ O): P = exp(S − L), dV = Pᵀ dO, dP = dO Vᵀ,
 //! dS = P ∘ (dP − D), dK = dSᵀ (scale·Q), dQ = scale · dS K.
 //!
 //! No N×N buffer exists at any point. Each worker's scratch (tiles of Q, K,
 //! V, dO, accumulators and one or two score tiles, all f32) is one slot of a
 //! workspace the op allocates from the arena: O(tile² · threads), whatever
-//! the sequence lengths. Tasks are handed out from a shared counter, so a
-//! slow core does not hold the others back; which slot runs a task does not
-//! change its result, so results do not depend on the thread count.
+//! the sequence lengths, plus Tq·D per worker for the one-pass dQ. Tasks
+//! are handed out from a shared counter, so a slow core does not hold the
+//! others back; which slot runs a task does not change its result, so
+//! results do not depend on the thread count.
 //!
 //! Everything is computed in f32 whatever the stored type. The row loops
 //! (masking, max, exp, sums) are compiled three times — baseline x86-64,
