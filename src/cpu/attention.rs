@@ -41,7 +41,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 /// matrixmultiply splits one product over its own threads once
 /// `m·k + k·n` reaches 2¹⁵ elements. Inside a rayon task that would put
 /// more threads than cores to work, so every tile product stays below it.
-const GEMM_SERIAL: usize = 1 << 15;
+pub const GEMM_SERIAL: usize = 1 << 15;
 const MAX_TILE: usize = 128;
 const MIN_TILE: usize = 16;
 
