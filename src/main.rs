@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 use headroom::alloc::{fmt_bytes, parse_bytes, Arena, ArenaConfig, Tag};
 use headroom::bench;
+use headroom::ops::AttentionKind;
 use headroom::plan;
 use headroom::train::{train, Precision, Recompute, TrainConfig};
 use std::process::ExitCode;
@@ -56,6 +57,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Die quietly on a closed pipe (`headroom fit | head`), as command-line tools do.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Train(args) => run_train(args),
@@ -147,6 +150,9 @@ struct TrainArgs {
     /// Blocks that recompute activations in backward: none, all, every:K or auto (fit --budget).
     #[arg(long, default_value = "none", value_parser = Recompute::parse)]
     recompute: Recompute,
+    /// Attention kernel: fused (memory linear in sequence length) or naive.
+    #[arg(long, default_value = "fused", value_parser = parse_attention)]
+    attention: AttentionKind,
     /// Transformer blocks.
     #[arg(long, default_value_t = 2)]
     layers: usize,
@@ -173,6 +179,10 @@ struct TrainArgs {
     fit: bool,
 }
 
+fn parse_attention(s: &str) -> Result<AttentionKind, String> {
+    AttentionKind::parse(s).ok_or_else(|| format!("attention `{s}`: use fused or naive"))
+}
+
 fn set_threads(threads: Option<usize>) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(n) = threads {
         if n == 0 {
@@ -197,6 +207,7 @@ impl TrainArgs {
             accum: self.accum,
             precision: self.precision,
             recompute: self.recompute.clone(),
+            attention: self.attention,
             checkpoint_dir: self.checkpoint_dir.clone(),
             checkpoint_every: self.checkpoint_every,
             resume: self.resume,
@@ -261,16 +272,17 @@ fn run_fit(a: TrainArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
     println!("{} configurations fit {} (cheapest first; cost is estimated step time relative to plain f32 at the full batch):", fits.len(), fmt_bytes(budget));
     println!(
-        "{:>6} {:>6} {:>6} {:>9} {:>12} {:>6}  trades",
-        "micro", "accum", "dtype", "recompute", "reserved", "cost"
+        "{:>6} {:>6} {:>6} {:>9} {:>6} {:>12} {:>6}  trades",
+        "micro", "accum", "dtype", "recompute", "attn", "reserved", "cost"
     );
     for c in &fits {
         println!(
-            "{:>6} {:>6} {:>6} {:>9} {:>12} {:>6.2}  {}",
+            "{:>6} {:>6} {:>6} {:>9} {:>6} {:>12} {:>6.2}  {}",
             c.micro_batch,
             c.accumulation,
             c.precision.dtype().name(),
             c.recompute,
+            c.attention.name(),
             fmt_bytes(c.predicted_peak_reserved_bytes),
             c.relative_cost,
             c.trades

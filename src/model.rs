@@ -5,6 +5,7 @@ use crate::alloc::Arena;
 use crate::autograd::checkpoint;
 use crate::error::{Error, Result};
 use crate::nn::{Block, LayerNorm, Linear, Params};
+use crate::ops::AttentionKind;
 use crate::rng::Rng;
 use crate::tensor::{DType, Tensor};
 
@@ -72,6 +73,18 @@ impl Classifier {
         }
         let pooled = self.norm.forward(&h)?.mean(&[1], false)?;
         self.head.forward(&pooled)
+    }
+
+    /// Compute every block's attention with `kind` (Fused by default).
+    pub fn set_attention(&mut self, kind: AttentionKind) {
+        for b in &mut self.blocks {
+            b.attn.kind = kind;
+        }
+    }
+
+    /// The attention kind of the blocks (Fused when there are none).
+    pub fn attention(&self) -> AttentionKind {
+        self.blocks.first().map_or(AttentionKind::default(), |b| b.attn.kind)
     }
 
     pub fn params(&self) -> Params {

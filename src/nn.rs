@@ -8,6 +8,7 @@
 
 use crate::alloc::{Arena, Tag};
 use crate::error::{Error, Result};
+use crate::ops::{attention, AttentionKind, AttentionOptions};
 use crate::rng::Rng;
 use crate::tensor::{DType, Tensor};
 
@@ -93,13 +94,15 @@ impl LayerNorm {
     }
 }
 
-/// Multi-head self-attention written with matmul and softmax: it keeps the
-/// B×H×T×T probabilities for backward (fused attention is the memory fix).
+/// Multi-head self-attention. With `kind` Fused (the default) it keeps
+/// activations linear in T; Naive keeps the B×H×T×T probabilities for
+/// backward, as attention written with matmul and softmax does.
 #[derive(Clone)]
 pub struct SelfAttention {
     pub qkv: Linear,
     pub out: Linear,
     pub heads: usize,
+    pub kind: AttentionKind,
 }
 
 impl SelfAttention {
@@ -111,23 +114,24 @@ impl SelfAttention {
             qkv: Linear::new(arena, dim, 3 * dim, true, rng)?,
             out: Linear::new(arena, dim, dim, true, rng)?,
             heads,
+            kind: AttentionKind::default(),
         })
     }
 
     /// `x` is [B, T, D]; `key_padding` (u8 [B, T], 1 = padded frame) hides
     /// padded keys from every query.
     pub fn forward(&self, x: &Tensor, key_padding: Option<&Tensor>) -> Result<Tensor> {
+        if x.rank() != 3 {
+            return Err(Error::shape("attention", format!("input {:?}: need [B, T, D]", x.shape())));
+        }
         let (b, t, d) = (x.dim(0), x.dim(1), x.dim(2));
         let (h, hd) = (self.heads, d / self.heads);
-        // [B, T, 3, H, hd] → three [B, H, T, hd] views.
+        // [B, T, 3, H, hd] → three [B, H, T, hd] views of the projection.
         let qkv = self.qkv.forward(x)?.reshape(&[b, t, 3, h, hd])?.permute(&[2, 0, 3, 1, 4])?;
         let (q, k, v) =
             (qkv.slice(0, 0, 1)?.squeeze(0)?, qkv.slice(0, 1, 2)?.squeeze(0)?, qkv.slice(0, 2, 3)?.squeeze(0)?);
-        let mut scores = q.matmul(&k.transpose(-1, -2)?)?.mul_scalar(1.0 / (hd as f32).sqrt())?;
-        if let Some(m) = key_padding {
-            scores = scores.masked_fill(&m.reshape(&[b, 1, 1, t])?, f32::NEG_INFINITY)?;
-        }
-        let y = scores.softmax(-1)?.matmul(&v)?; // [B, H, T, hd]
+        let opts = AttentionOptions { key_padding: key_padding.cloned(), kind: self.kind, ..Default::default() };
+        let y = attention(&q, &k, &v, &opts)?; // [B, H, T, hd]
         let y = y.permute(&[0, 2, 1, 3])?.reshape(&[b, t, d])?;
         self.out.forward(&y)
     }

@@ -10,6 +10,7 @@
 
 use crate::alloc::{fmt_bytes, Stats, Tag, TraceEvent, TraceKind};
 use crate::error::{Error, Result};
+use crate::ops::AttentionKind;
 use crate::train::{resolve_recompute, simulate, Precision, Recompute, TrainConfig};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
@@ -154,6 +155,7 @@ pub struct Candidate {
     pub accumulation: usize,
     pub precision: Precision,
     pub recompute: String,
+    pub attention: AttentionKind,
     pub predicted_peak_reserved_bytes: usize,
     pub predicted_peak_allocated_bytes: usize,
     /// Estimated step time relative to the plain f32 run at the full batch.
@@ -169,12 +171,21 @@ pub struct Candidate {
 // recomputed blocks. On this CPU f16/bf16 convert at every kernel boundary
 // and widen for matmul: ~15 % slower, not faster. Smaller micro-batches
 // leave kernels smaller and add per-op overhead: ~16 samples' worth per
-// micro-batch.
-fn relative_cost(micro: usize, effective: usize, recomputed: usize, layers: usize, precision: Precision) -> f64 {
+// micro-batch. Naive attention measured ~2× slower than fused on this CPU
+// (benches/attention.rs), but attention is a fraction of the step: 1.1.
+fn relative_cost(
+    micro: usize,
+    effective: usize,
+    recomputed: usize,
+    layers: usize,
+    precision: Precision,
+    attention: AttentionKind,
+) -> f64 {
     let recompute = 1.0 + recomputed as f64 / layers.max(1) as f64 / 3.0;
     let half = if precision == Precision::F32 { 1.0 } else { 1.15 };
     let overhead = (1.0 + 16.0 / micro as f64) / (1.0 + 16.0 / effective as f64);
-    recompute * half * overhead
+    let attn = if attention == AttentionKind::Naive { 1.1 } else { 1.0 };
+    recompute * half * overhead * attn
 }
 
 /// Every configuration of micro-batch (halving the effective batch),
@@ -199,54 +210,71 @@ pub fn fit(cfg: &TrainConfig, budget: usize) -> Result<Vec<Candidate>> {
     }
     policies.push(Recompute::All);
     let (mut fits, mut smallest): (Vec<Candidate>, Option<(usize, String)>) = (vec![], None);
-    for &precision in &[Precision::F32, Precision::Bf16, Precision::F16] {
-        for policy in &policies {
-            for &micro in &micros {
-                let c = TrainConfig {
-                    batch: micro,
-                    accum: effective / micro,
-                    precision,
-                    recompute: policy.clone(),
-                    budget: None,
-                    progress: false,
-                    ..cfg.clone()
-                };
-                let p = plan(&c)?;
-                let name = match policy {
-                    Recompute::None => "none".to_string(),
-                    Recompute::All => "all".to_string(),
-                    Recompute::Every(k) => format!("every:{k}"),
-                    Recompute::Auto => "auto".to_string(),
-                };
-                let need = p.predicted_peak_reserved_bytes;
-                if smallest.as_ref().is_none_or(|(b, _)| need < *b) {
-                    smallest = Some((need, format!("micro-batch {micro}, {}, recompute {name}", precision.dtype())));
+    for attention in [AttentionKind::Fused, AttentionKind::Naive] {
+        for &precision in &[Precision::F32, Precision::Bf16, Precision::F16] {
+            for policy in &policies {
+                for &micro in &micros {
+                    let c = TrainConfig {
+                        batch: micro,
+                        accum: effective / micro,
+                        precision,
+                        recompute: policy.clone(),
+                        attention,
+                        budget: None,
+                        progress: false,
+                        ..cfg.clone()
+                    };
+                    let p = plan(&c)?;
+                    let name = match policy {
+                        Recompute::None => "none".to_string(),
+                        Recompute::All => "all".to_string(),
+                        Recompute::Every(k) => format!("every:{k}"),
+                        Recompute::Auto => "auto".to_string(),
+                    };
+                    let need = p.predicted_peak_reserved_bytes;
+                    if smallest.as_ref().is_none_or(|(b, _)| need < *b) {
+                        smallest =
+                            Some((need, format!("micro-batch {micro}, {}, recompute {name}", precision.dtype())));
+                    }
+                    if need > budget {
+                        continue;
+                    }
+                    let mut trades = vec![];
+                    if micro < effective {
+                        trades.push(format!("{}× accumulation", effective / micro));
+                    }
+                    if p.recomputed_blocks > 0 {
+                        trades.push(format!(
+                            "recompute {} of {} blocks (+1 forward each)",
+                            p.recomputed_blocks, cfg.layers
+                        ));
+                    }
+                    if precision != Precision::F32 {
+                        trades.push(format!("{} activations", precision.dtype()));
+                    }
+                    if attention == AttentionKind::Naive {
+                        trades.push("naive attention (keeps B×H×T×T probabilities)".to_string());
+                    }
+                    fits.push(Candidate {
+                        micro_batch: micro,
+                        accumulation: effective / micro,
+                        precision,
+                        recompute: name,
+                        attention,
+                        predicted_peak_reserved_bytes: need,
+                        predicted_peak_allocated_bytes: p.predicted_peak_allocated_bytes,
+                        relative_cost: relative_cost(
+                            micro,
+                            effective,
+                            p.recomputed_blocks,
+                            cfg.layers,
+                            precision,
+                            attention,
+                        ),
+                        trades: if trades.is_empty() { "nothing".to_string() } else { trades.join(", ") },
+                        config: TrainConfig { budget: Some(budget), progress: cfg.progress, ..c },
+                    });
                 }
-                if need > budget {
-                    continue;
-                }
-                let mut trades = vec![];
-                if micro < effective {
-                    trades.push(format!("{}× accumulation", effective / micro));
-                }
-                if p.recomputed_blocks > 0 {
-                    trades
-                        .push(format!("recompute {} of {} blocks (+1 forward each)", p.recomputed_blocks, cfg.layers));
-                }
-                if precision != Precision::F32 {
-                    trades.push(format!("{} activations", precision.dtype()));
-                }
-                fits.push(Candidate {
-                    micro_batch: micro,
-                    accumulation: effective / micro,
-                    precision,
-                    recompute: name,
-                    predicted_peak_reserved_bytes: need,
-                    predicted_peak_allocated_bytes: p.predicted_peak_allocated_bytes,
-                    relative_cost: relative_cost(micro, effective, p.recomputed_blocks, cfg.layers, precision),
-                    trades: if trades.is_empty() { "nothing".to_string() } else { trades.join(", ") },
-                    config: TrainConfig { budget: Some(budget), progress: cfg.progress, ..c },
-                });
             }
         }
     }

@@ -9,6 +9,7 @@ use crate::checkpoint::{self, TrainerState, FORMAT};
 use crate::data::{spoken_digits, Sequences};
 use crate::error::{Error, Result};
 use crate::model::{Classifier, ClassifierConfig};
+use crate::ops::AttentionKind;
 use crate::optim::{clip_grad_norm, AdamW, AdamWConfig, Optimizer};
 use crate::rng::Rng;
 use crate::tensor::{DType, Tensor};
@@ -98,6 +99,8 @@ pub struct TrainConfig {
     pub budget: Option<usize>,
     pub precision: Precision,
     pub recompute: Recompute,
+    /// Fused (memory linear in sequence length) or naive attention.
+    pub attention: AttentionKind,
     pub eval_every: usize,
     pub dim: usize,
     pub layers: usize,
@@ -126,6 +129,7 @@ impl Default for TrainConfig {
             budget: None,
             precision: Precision::F32,
             recompute: Recompute::None,
+            attention: AttentionKind::Fused,
             eval_every: 0,
             dim: 64,
             layers: 2,
@@ -259,7 +263,8 @@ impl Run {
             ));
         }
         let mut rng = Rng::new(cfg.seed);
-        let model = Classifier::new(&arena, model_config(cfg, &data), &mut rng)?;
+        let mut model = Classifier::new(&arena, model_config(cfg, &data), &mut rng)?;
+        model.set_attention(cfg.attention);
         let params = model.params();
         let opt = AdamW::new(
             params.iter().map(|(_, t)| t.clone()).collect(),

@@ -300,10 +300,11 @@ pub(crate) fn add_into(acc: &Tensor, x: &Tensor) -> Result<()> {
     if acc.shape() != x.shape() {
         return Err(crate::error::Error::shape("add_into", format!("{:?} += {:?}", acc.shape(), x.shape())));
     }
+    // The dense copy comes first so the meta device allocates it too.
+    let x = x.contiguous_untracked("add_into")?;
     if acc.is_meta() {
         return Ok(());
     }
-    let x = x.contiguous_untracked("add_into")?;
     with_float!("add_into", acc.dtype(), |T| with_float!("add_into", x.dtype(), |X| k::add_assign::<T, X>(
         acc.data_mut::<T>()?,
         x.data::<X>()?
@@ -314,8 +315,8 @@ pub(crate) fn add_into(acc: &Tensor, x: &Tensor) -> Result<()> {
 /// A dense copy with its own storage under `tag`, no autograd.
 pub(crate) fn copy(x: &Tensor, tag: Tag) -> Result<Tensor> {
     let out = Tensor::empty(x.arena(), x.shape(), x.dtype(), tag, "copy")?;
+    let x = x.contiguous_untracked("copy")?; // on meta too: the same blocks
     if !out.is_meta() {
-        let x = x.contiguous_untracked("copy")?;
         let n = x.nbytes();
         unsafe {
             let src = (x.storage().block().as_ptr()).add(x.offset() * x.dtype().size());

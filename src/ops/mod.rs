@@ -4,6 +4,7 @@
 //! runs the device's kernel (none on the meta device) and records its
 //! backward on the tape with the tensors it saves.
 
+mod attention;
 mod dropout;
 mod elementwise;
 mod embedding;
@@ -14,6 +15,7 @@ mod norm;
 mod reduce;
 mod shape;
 
+pub use attention::{attention, AttentionKind, AttentionOptions};
 pub(crate) use elementwise::{add_into, copy};
 pub use shape::broadcast_shapes;
 pub(crate) use shape::copy_strided;
