@@ -34,7 +34,7 @@ fn activation_peak_equals_what_the_tape_saved_at_its_fullest() {
     let (x, y) = set.batch(&arena, &(0..16).collect::<Vec<_>>(), DType::F32).unwrap();
     arena.reset_peaks();
     reset_saved_peak();
-    let loss = model.forward(&x, Some(&mut rng)).unwrap().cross_entropy(&y, None, 0.0).unwrap();
+    let loss = model.forward(&x, Some(&mut rng), &[]).unwrap().cross_entropy(&y, None, 0.0).unwrap();
     let (held, _) = saved_bytes();
     assert!(held > 0);
     assert_eq!(arena.stats().tag(Tag::Activation).requested.current, held);
@@ -55,7 +55,7 @@ fn every_tensor_byte_is_in_the_arena() {
     let mut opt = AdamW::new(params.clone(), AdamWConfig::default()).unwrap();
     let (set, _) = spoken_digits().unwrap();
     let (x, y) = set.batch(&arena, &(0..8).collect::<Vec<_>>(), DType::F32).unwrap();
-    let loss = model.forward(&x, Some(&mut rng)).unwrap().cross_entropy(&y, None, 0.0).unwrap();
+    let loss = model.forward(&x, Some(&mut rng), &[]).unwrap().cross_entropy(&y, None, 0.0).unwrap();
     backward(&loss).unwrap();
     opt.step().unwrap();
     drop(loss);
