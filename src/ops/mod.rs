@@ -4,6 +4,7 @@
 //! runs the device's kernel (none on the meta device) and records its
 //! backward on the tape with the tensors it saves.
 
+mod conv;
 mod dropout;
 mod elementwise;
 mod embedding;
@@ -14,6 +15,7 @@ mod norm;
 mod reduce;
 mod shape;
 
+pub use conv::{conv_workspace_limit, set_conv_workspace_limit, DEFAULT_CONV_WORKSPACE_LIMIT};
 pub(crate) use elementwise::{add_into, copy};
 pub use shape::broadcast_shapes;
 pub(crate) use shape::copy_strided;
