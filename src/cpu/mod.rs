@@ -11,6 +11,7 @@ pub mod loss;
 pub mod matmul;
 pub mod norm;
 pub mod optim;
+pub mod pool;
 pub mod reduce;
 
 /// Elements below which a kernel stays on the calling thread: splitting

@@ -12,6 +12,7 @@ mod index;
 mod loss;
 mod matmul;
 mod norm;
+mod pool;
 mod reduce;
 mod shape;
 
