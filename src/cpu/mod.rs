@@ -3,6 +3,7 @@
 //! type. Each output element is produced by one worker in a fixed order, so
 //! results do not depend on the thread count.
 
+pub mod batch_norm;
 pub mod conv;
 pub mod dropout;
 pub mod elementwise;

@@ -4,6 +4,7 @@
 //! runs the device's kernel (none on the meta device) and records its
 //! backward on the tape with the tensors it saves.
 
+mod batch_norm;
 mod conv;
 mod dropout;
 mod elementwise;
