@@ -9,6 +9,7 @@ pub mod dropout;
 pub mod elementwise;
 pub mod index;
 pub mod loss;
+pub mod lstm;
 pub mod matmul;
 pub mod norm;
 pub mod optim;

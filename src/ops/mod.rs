@@ -11,6 +11,7 @@ mod elementwise;
 mod embedding;
 mod index;
 mod loss;
+mod lstm;
 mod matmul;
 mod norm;
 mod pool;
@@ -19,6 +20,7 @@ mod shape;
 
 pub use conv::{conv_workspace_limit, set_conv_workspace_limit, DEFAULT_CONV_WORKSPACE_LIMIT};
 pub(crate) use elementwise::{add_into, copy};
+pub use lstm::LstmParams;
 pub use shape::broadcast_shapes;
 pub(crate) use shape::copy_strided;
 
