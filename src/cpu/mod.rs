@@ -5,6 +5,7 @@
 
 pub mod batch_norm;
 pub mod conv;
+pub mod ctc;
 pub mod dropout;
 pub mod elementwise;
 pub mod index;

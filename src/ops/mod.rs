@@ -6,6 +6,7 @@
 
 mod batch_norm;
 mod conv;
+mod ctc;
 mod dropout;
 mod elementwise;
 mod embedding;
