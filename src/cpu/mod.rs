@@ -16,6 +16,7 @@ pub mod norm;
 pub mod optim;
 pub mod pool;
 pub mod reduce;
+pub mod vq;
 
 /// Elements below which a kernel stays on the calling thread: splitting
 /// costs more than it saves.

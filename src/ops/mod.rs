@@ -18,12 +18,14 @@ mod norm;
 mod pool;
 mod reduce;
 mod shape;
+mod vq;
 
 pub use conv::{conv_workspace_limit, set_conv_workspace_limit, DEFAULT_CONV_WORKSPACE_LIMIT};
 pub(crate) use elementwise::{add_into, copy};
 pub use lstm::LstmParams;
 pub use shape::broadcast_shapes;
 pub(crate) use shape::copy_strided;
+pub use vq::Quantized;
 
 use crate::alloc::Tag;
 use crate::error::{Error, Result};
