@@ -4,6 +4,7 @@
 //! runs the device's kernel (none on the meta device) and records its
 //! backward on the tape with the tensors it saves.
 
+mod bahdanau;
 mod batch_norm;
 mod conv;
 mod ctc;
@@ -20,6 +21,7 @@ mod reduce;
 mod shape;
 mod vq;
 
+pub use bahdanau::BahdanauWeights;
 pub use conv::{conv_workspace_limit, set_conv_workspace_limit, DEFAULT_CONV_WORKSPACE_LIMIT};
 pub(crate) use elementwise::{add_into, copy};
 pub use lstm::LstmParams;
