@@ -417,3 +417,411 @@ fn batch_norm_saves_input_and_channel_stats() {
     assert_eq!(activation(&a), 0);
     assert_eq!(a.stats().tag(Tag::Workspace).allocated.current, 0);
 }
+
+// ---- LSTM ----
+
+fn sig(x: f64) -> f64 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// A reference LSTM layer in f64 from the definition: returns out [B, T, H] and (h, c).
+#[allow(clippy::too_many_arguments)]
+fn lstm_ref(x: &[f32], b: usize, t: usize, inp: usize, hd: usize, w: &[Vec<f32>; 4], reverse: bool, h0: &[f32], c0: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let (wih, whh, bih, bhh) = (&w[0], &w[1], &w[2], &w[3]);
+    let mut out = vec![0f32; b * t * hd];
+    let (mut h, mut c): (Vec<f64>, Vec<f64>) = (h0.iter().map(|&v| v as f64).collect(), c0.iter().map(|&v| v as f64).collect());
+    let steps: Vec<usize> = if reverse { (0..t).rev().collect() } else { (0..t).collect() };
+    for s in steps {
+        let (mut h2, mut c2) = (vec![0f64; b * hd], vec![0f64; b * hd]);
+        for bb in 0..b {
+            let pre = |row: usize| -> f64 {
+                let mut acc = (bih[row] + bhh[row]) as f64;
+                for k in 0..inp {
+                    acc += (wih[row * inp + k] * x[(bb * t + s) * inp + k]) as f64;
+                }
+                for k in 0..hd {
+                    acc += whh[row * hd + k] as f64 * h[bb * hd + k];
+                }
+                acc
+            };
+            for j in 0..hd {
+                let (i, f, g, o) = (sig(pre(j)), sig(pre(hd + j)), pre(2 * hd + j).tanh(), sig(pre(3 * hd + j)));
+                c2[bb * hd + j] = f * c[bb * hd + j] + i * g;
+                h2[bb * hd + j] = o * c2[bb * hd + j].tanh();
+                out[(bb * t + s) * hd + j] = h2[bb * hd + j] as f32;
+            }
+        }
+        (h, c) = (h2, c2);
+    }
+    (out, h.iter().map(|&v| v as f32).collect(), c.iter().map(|&v| v as f32).collect())
+}
+
+fn lstm_params(v: &[Tensor]) -> headroom::ops::LstmParams {
+    headroom::ops::LstmParams { w_ih: v[0].clone(), w_hh: v[1].clone(), b_ih: Some(v[2].clone()), b_hh: Some(v[3].clone()) }
+}
+
+#[test]
+fn lstm_matches_reference_in_both_directions() {
+    let a = Arena::host();
+    let mut rng = Rng::new(41);
+    let (b, tt, inp, hd) = (2, 4, 3, 5);
+    let mut r = |n: usize| common::values(&mut rng, n, 0.0);
+    let x = r(b * tt * inp);
+    let wf = [r(4 * hd * inp), r(4 * hd * hd), r(4 * hd), r(4 * hd)];
+    let wb = [r(4 * hd * inp), r(4 * hd * hd), r(4 * hd), r(4 * hd)];
+    let (h0, c0) = (r(2 * b * hd), r(2 * b * hd));
+    let tens = |w: &[Vec<f32>; 4]| [t(&a, &[4 * hd, inp], &w[0]), t(&a, &[4 * hd, hd], &w[1]), t(&a, &[4 * hd], &w[2]), t(&a, &[4 * hd], &w[3])];
+    let (pf, pb) = (lstm_params(&tens(&wf)), lstm_params(&tens(&wb)));
+    let xt = t(&a, &[b, tt, inp], &x);
+    // One direction, from zeros.
+    let zeros = vec![0f32; b * hd];
+    let (want, wh, wc) = lstm_ref(&x, b, tt, inp, hd, &wf, false, &zeros, &zeros);
+    let (out, (h, c)) = xt.lstm(&pf, false, None).unwrap();
+    assert_eq!(out.shape(), &[b, tt, hd]);
+    close(&out.to_vec_f32().unwrap(), &want, 1e-5);
+    close(&h.to_vec_f32().unwrap(), &wh, 1e-5);
+    close(&c.to_vec_f32().unwrap(), &wc, 1e-5);
+    // Bidirectional with an initial state [2, B, H]: forward half then backward half.
+    let (hs, cs) = (t(&a, &[2, b, hd], &h0), t(&a, &[2, b, hd], &c0));
+    let (out, (hn, cn)) = xt.lstm_bidirectional(&pf, &pb, Some((&hs, &cs))).unwrap();
+    assert_eq!(out.shape(), &[b, tt, 2 * hd]);
+    let (of, hf, cf) = lstm_ref(&x, b, tt, inp, hd, &wf, false, &h0[..b * hd], &c0[..b * hd]);
+    let (ob, hb, cb) = lstm_ref(&x, b, tt, inp, hd, &wb, true, &h0[b * hd..], &c0[b * hd..]);
+    let got = out.to_vec_f32().unwrap();
+    for row in 0..b * tt {
+        close(&got[row * 2 * hd..row * 2 * hd + hd], &of[row * hd..(row + 1) * hd], 1e-5);
+        close(&got[row * 2 * hd + hd..(row + 1) * 2 * hd], &ob[row * hd..(row + 1) * hd], 1e-5);
+    }
+    close(&hn.to_vec_f32().unwrap(), &[hf, hb].concat(), 1e-5);
+    close(&cn.to_vec_f32().unwrap(), &[cf, cb].concat(), 1e-5);
+}
+
+#[test]
+fn lstm_cell_gradcheck() {
+    let mut rng = Rng::new(42);
+    let (b, inp, hd) = (2, 3, 2);
+    let ins = [
+        input(&mut rng, &[b, inp]),
+        input(&mut rng, &[b, hd]),
+        input(&mut rng, &[b, hd]),
+        input(&mut rng, &[4 * hd, inp]),
+        input(&mut rng, &[4 * hd, hd]),
+        input(&mut rng, &[4 * hd]),
+        input(&mut rng, &[4 * hd]),
+    ];
+    // Both outputs matter: h' and c' side by side.
+    let cell = |v: &[Tensor]| {
+        let (h, c) = Tensor::lstm_cell(&v[0], &v[1], &v[2], &v[3], &v[4], Some(&v[5]), Some(&v[6]))?;
+        Tensor::concat(&[&h, &c], 1)
+    };
+    gradcheck_all(cell, &ins, &[true; 7]);
+    // Only h' used (c' gets no gradient), no biases, input strided.
+    let only_h = |v: &[Tensor]| Ok(Tensor::lstm_cell(&v[0].transpose(0, 1)?, &v[1], &v[2], &v[3], &v[4], None, None)?.0);
+    let xt = input(&mut rng, &[inp, b]);
+    gradcheck_all(only_h, &[xt, ins[1].clone(), ins[2].clone(), ins[3].clone(), ins[4].clone()], &[true, false, true, true, true]);
+}
+
+#[test]
+fn lstm_layer_gradcheck() {
+    let mut rng = Rng::new(43);
+    let (b, tt, inp, hd) = (2, 3, 2, 2);
+    let w = || [[4 * hd, inp], [4 * hd, hd], [4 * hd, 1], [4 * hd, 1]];
+    let mut ins = vec![input(&mut rng, &[b, tt, inp])];
+    for s in w().iter().chain(w().iter()) {
+        let shape: Vec<usize> = s.iter().copied().filter(|&d| d != 1).collect();
+        ins.push(input(&mut rng, &shape));
+    }
+    ins.push(input(&mut rng, &[2, b, hd]));
+    ins.push(input(&mut rng, &[2, b, hd]));
+    let flat = |out: Tensor, h: Tensor, c: Tensor| {
+        let n = out.numel() / b;
+        Tensor::concat(&[&out.reshape(&[b, n])?, &h.reshape(&[b, h.numel() / b])?, &c.reshape(&[b, c.numel() / b])?], 1)
+    };
+    let uni = |reverse: bool| {
+        move |v: &[Tensor]| {
+            let h0 = v[9].unbind(0)?;
+            let c0 = v[10].unbind(0)?;
+            let (out, (h, c)) = v[0].lstm(&lstm_params(&v[1..5]), reverse, Some((&h0[0], &c0[1])))?;
+            flat(out, h, c)
+        }
+    };
+    gradcheck_all(uni(false), &ins, &(0..11).map(|i| i < 5 || i >= 9).collect::<Vec<_>>());
+    gradcheck_all(uni(true), &ins, &(0..11).map(|i| i < 5 || i >= 9).collect::<Vec<_>>());
+    let bi = |v: &[Tensor]| {
+        let (out, (h, c)) = v[0].lstm_bidirectional(&lstm_params(&v[1..5]), &lstm_params(&v[5..9]), Some((&v[9], &v[10])))?;
+        flat(out, h.transpose(0, 1)?, c.transpose(0, 1)?)
+    };
+    gradcheck_all(bi, &ins, &[true; 11]);
+}
+
+#[test]
+fn lstm_saves_gates_and_states_per_step() {
+    let a = Arena::host();
+    let (b, tt, inp, hd) = (4, 6, 10, 8);
+    let p = Tensor::full(&a, &[b, tt, inp], 0.1, DType::F32, Tag::Parameter).unwrap().requires_grad();
+    let mut rng = Rng::new(44);
+    let mk = |s: &[usize], rng: &mut Rng| Tensor::randn(&a, s, 0.3, DType::F32, Tag::Parameter, rng).unwrap().requires_grad();
+    let params = headroom::ops::LstmParams { w_ih: mk(&[4 * hd, inp], &mut rng), w_hh: mk(&[4 * hd, hd], &mut rng), b_ih: None, b_hh: Some(mk(&[4 * hd], &mut rng)) };
+    let x = p.mul_scalar(2.0).unwrap(); // an op output the cells keep alive through their step views
+    let (out, _) = x.lstm(&params, false, None).unwrap();
+    drop(x);
+    // x, and per step the gates [B, 4H]; h and c of every step but the last, and the zero initial state (shared by h0 and c0).
+    let want = b * tt * inp * 4 + 4 * (tt * b * 4 * hd + 2 * (tt - 1) * b * hd + b * hd);
+    assert_eq!(activation(&a), want);
+    backward(&out.sum_all().unwrap()).unwrap();
+    assert_eq!(activation(&a), 0);
+    assert!(p.grad().is_some() && params.w_hh.grad().is_some() && params.b_hh.as_ref().unwrap().grad().is_some());
+}
+
+// ---- CTC ----
+
+/// −log p(target | lp) by enumerating every path of length `tl` over C classes.
+fn ctc_brute(lp: &[f32], tl: usize, batch: usize, b: usize, c: usize, target: &[i32]) -> f64 {
+    let mut total = 0f64;
+    let paths = c.pow(tl as u32);
+    for mut code in 0..paths {
+        let mut path = vec![0usize; tl];
+        for p in path.iter_mut() {
+            *p = code % c;
+            code /= c;
+        }
+        let mut collapsed = vec![];
+        for (i, &p) in path.iter().enumerate() {
+            if p != 0 && (i == 0 || path[i - 1] != p) {
+                collapsed.push(p as i32);
+            }
+        }
+        if collapsed == target {
+            total += path.iter().enumerate().map(|(t, &p)| lp[(t * batch + b) * c + p] as f64).sum::<f64>().exp();
+        }
+    }
+    -total.ln()
+}
+
+#[test]
+fn ctc_matches_brute_force_enumeration() {
+    let a = Arena::host();
+    let mut rng = Rng::new(51);
+    // Two classes (blank + one label): targets [1] and [1, 1] (the repeat needs a blank between).
+    let (tt, c) = (5, 2);
+    let logits = t(&a, &[tt, 2, c], &common::values(&mut rng, tt * 2 * c, 0.0));
+    let lp = logits.log_softmax(-1).unwrap();
+    let lpv = lp.to_vec_f32().unwrap();
+    let targets = ids(&a, &[2, 2], &[1, 0, 1, 1]);
+    let loss = lp.ctc_loss(&targets, &[5, 4], &[1, 2], 0, false).unwrap();
+    let want = (ctc_brute(&lpv, 5, 2, 0, c, &[1]) / 1.0 + ctc_brute(&lpv, 4, 2, 1, c, &[1, 1]) / 2.0) / 2.0;
+    close(&[loss.item().unwrap()], &[want as f32], 1e-5);
+    // Three classes, distinct and repeated labels, an empty target.
+    let (tt, c) = (6, 3);
+    let logits = t(&a, &[tt, 3, c], &common::values(&mut rng, tt * 3 * c, 0.0).iter().map(|v| 2.0 * v).collect::<Vec<_>>());
+    let lp = logits.log_softmax(-1).unwrap();
+    let lpv = lp.to_vec_f32().unwrap();
+    let targets = ids(&a, &[3, 3], &[1, 2, 1, 2, 2, 0, 0, 0, 0]);
+    let loss = lp.ctc_loss(&targets, &[6, 5, 3], &[3, 2, 0], 0, false).unwrap();
+    let want = (ctc_brute(&lpv, 6, 3, 0, c, &[1, 2, 1]) / 3.0 + ctc_brute(&lpv, 5, 3, 1, c, &[2, 2]) / 2.0 + ctc_brute(&lpv, 3, 3, 2, c, &[])) / 3.0;
+    close(&[loss.item().unwrap()], &[want as f32], 1e-5);
+    // A blank other than 0: relabel classes so class 2 is blank.
+    let perm = |v: &[f32]| v.chunks(3).flat_map(|r| [r[1], r[2], r[0]]).collect::<Vec<f32>>();
+    let lp2 = t(&a, &[tt, 3, c], &perm(&lpv));
+    let targets2 = ids(&a, &[3, 3], &[0, 1, 0, 1, 1, 2, 2, 2, 2]);
+    let loss2 = lp2.ctc_loss(&targets2, &[6, 5, 3], &[3, 2, 0], 2, false).unwrap();
+    close(&[loss2.item().unwrap()], &[want as f32], 1e-5);
+}
+
+#[test]
+fn ctc_gradcheck_from_logits_and_log_probs() {
+    let mut rng = Rng::new(52);
+    let (tt, b, c) = (6, 3, 4);
+    let x = input(&mut rng, &[tt, b, c]);
+    let tg: &[i32] = &[1, 3, 3, 2, 2, 0, 3, 1, 2];
+    let ctc = |v: &[Tensor], lp: Tensor| lp.ctc_loss(&ids(v[0].arena(), &[b, 3], tg), &[6, 5, 4], &[3, 2, 3], 0, false);
+    // The chain that matters: logits → our log_softmax → ctc, in every dtype.
+    gradcheck_all(|v| ctc(v, v[0].log_softmax(-1)?), &[x.clone()], &[true]);
+    // With respect to log_probs directly, even unnormalised ones: our
+    // gradient is the true one, −posterior (PyTorch's exp(lp) − posterior
+    // would fail this check).
+    gradcheck_all(|v| ctc(v, v[0].clone()), &[x.clone()], &[true]);
+    // Time-major log_probs made from a batch-first [B, T, C] tensor (a strided view).
+    let xb = input(&mut rng, &[b, tt, c]);
+    gradcheck_all(|v| ctc(v, v[0].log_softmax(-1)?.transpose(0, 1)?), &[xb], &[true]);
+}
+
+#[test]
+fn ctc_impossible_alignment_is_infinite_or_zeroed() {
+    let a = Arena::host();
+    let mut rng = Rng::new(53);
+    let x = t(&a, &[3, 2, 3], &common::values(&mut rng, 18, 0.0)).requires_grad();
+    // Sample 0 needs 3 frames for [1, 1] (a blank between) but has 2.
+    let targets = ids(&a, &[2, 2], &[1, 1, 2, 0]);
+    let lp = x.log_softmax(-1).unwrap();
+    let inf = lp.ctc_loss(&targets, &[2, 3], &[2, 1], 0, false).unwrap();
+    assert_eq!(inf.item().unwrap(), f32::INFINITY);
+    let lpv = lp.to_vec_f32().unwrap();
+    let zeroed = lp.ctc_loss(&targets, &[2, 3], &[2, 1], 0, true).unwrap();
+    let only1 = ctc_brute(&lpv, 3, 2, 1, 3, &[2]) / 2.0;
+    close(&[zeroed.item().unwrap()], &[only1 as f32], 1e-5);
+    backward(&zeroed).unwrap();
+    let g = x.grad().unwrap().to_vec_f32().unwrap();
+    assert!(g.iter().all(|v| v.is_finite()));
+    // The impossible sample contributes nothing: its rows (b = 0) are 0.
+    for t_ in 0..3 {
+        assert_eq!(&g[t_ * 6..t_ * 6 + 3], &[0., 0., 0.]);
+    }
+    // Exactly enough frames is possible.
+    let ok = x.log_softmax(-1).unwrap().ctc_loss(&targets, &[3, 3], &[2, 1], 0, false).unwrap();
+    assert!(ok.item().unwrap().is_finite());
+}
+
+#[test]
+fn ctc_in_half_precision_tracks_f32() {
+    // CTC in f16/bf16 (log-probs and gradient stored in half, recursions in
+    // f32) against the f32 run: loss within 1e-2 relative, gradients within
+    // 2e-3 absolute (the gradient rows are posteriors scaled by 1/(B·S)).
+    let mut rng = Rng::new(54);
+    let (tt, b, c) = (20, 4, 6);
+    let v = common::values(&mut rng, tt * b * c, 0.0).iter().map(|x| 3.0 * x).collect::<Vec<f32>>();
+    let tg: Vec<i32> = (0..b * 5).map(|i| 1 + (i * 7 % 5) as i32).collect();
+    let run = |dt: DType| {
+        let a = Arena::host();
+        let x = Tensor::from_f32(&a, &[tt, b, c], &v, dt, Tag::Data).unwrap().requires_grad();
+        let loss = x.log_softmax(-1).unwrap().ctc_loss(&ids(&a, &[b, 5], &tg), &[20, 18, 15, 9], &[5, 4, 5, 3], 0, false).unwrap();
+        backward(&loss).unwrap();
+        (loss.item().unwrap(), x.grad().unwrap().to_vec_f32().unwrap())
+    };
+    let (l32, g32) = run(DType::F32);
+    for dt in [DType::F16, DType::BF16] {
+        let (l, g) = run(dt);
+        assert!((l - l32).abs() <= 1e-2 * l32.abs(), "{dt}: loss {l} vs {l32}");
+        let worst = g.iter().zip(&g32).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(worst <= 2e-3, "{dt}: gradient differs by {worst}");
+    }
+}
+
+// ---- vector quantisation ----
+
+#[test]
+fn vq_values_straight_through_and_losses() {
+    let a = Arena::host();
+    let cb = t(&a, &[3, 2], &[0., 0., 1., 1., -1., 2.]).requires_grad();
+    let z = t(&a, &[4, 2], &[0.9, 1.2, -0.2, 0.1, -0.8, 1.5, 0.45, 0.6]).requires_grad();
+    let q = z.vector_quantize(&cb).unwrap();
+    assert_eq!(q.indices.to_vec::<i32>().unwrap(), [1, 0, 2, 1]);
+    assert_eq!(q.z_q.to_vec_f32().unwrap(), [1., 1., 0., 0., -1., 2., 1., 1.]);
+    // Squared distances 0.05, 0.05, 0.29, 0.4625 over N·D = 8.
+    let mse = (0.05 + 0.05 + 0.29 + 0.4625) / 8.0;
+    close(&[q.commitment_loss.item().unwrap(), q.codebook_loss.item().unwrap()], &[mse, mse], 1e-6);
+    // Straight-through: d(Σ z_q·w)/dz = w; the codebook gets nothing from z_q.
+    let w = t(&a, &[4, 2], &[1., 2., 3., 4., 5., 6., 7., 8.]);
+    backward(&q.z_q.mul(&w).unwrap().sum_all().unwrap()).unwrap();
+    assert_eq!(z.grad().unwrap().to_vec_f32().unwrap(), w.to_vec_f32().unwrap());
+    assert!(cb.grad().is_none());
+    // Codebook loss: code j gets 2/(N·D)·Σ (e_j − z_i) over its rows; code 1 has rows 0 and 3.
+    // The usual VQ-VAE sum: z gets β·(commitment gradient), the codebook its own.
+    z.zero_grad();
+    let q = z.vector_quantize(&cb).unwrap();
+    backward(&q.codebook_loss.add(&q.commitment_loss.mul_scalar(0.25).unwrap()).unwrap()).unwrap();
+    let s = 2.0 / 8.0;
+    close(
+        &z.grad().unwrap().to_vec_f32().unwrap(),
+        &[-0.1, 0.2, -0.2, 0.1, 0.2, -0.5, -0.55, -0.4].map(|v| 0.25 * s * v),
+        1e-6,
+    );
+    close(
+        &cb.grad().unwrap().to_vec_f32().unwrap(),
+        &[s * 0.2, s * -0.1, s * (0.1 + 0.55), s * (-0.2 + 0.4), s * -0.2, s * 0.5],
+        1e-6,
+    );
+}
+
+#[test]
+fn vq_loss_gradcheck() {
+    let mut rng = Rng::new(61);
+    let (n, k, d) = (7, 4, 3);
+    let codes: Vec<f32> = (0..k * d).map(|i| ((i * 7 % 11) as f32 - 5.0) * 0.4).collect();
+    // Rows near their codes: a ±0.01 step never changes the nearest code.
+    let z: Vec<f32> = (0..n * d).map(|i| codes[(i / d % k) * d + i % d] + 0.2 * (rng.uniform() - 0.5)).collect();
+    let ins = [(vec![n, d], z), (vec![k, d], codes)];
+    gradcheck_all(|v| Ok(v[0].vector_quantize(&v[1])?.commitment_loss), &ins, &[true, false]);
+    gradcheck_all(|v| Ok(v[0].vector_quantize(&v[1])?.codebook_loss), &ins, &[false, true]);
+    // A finite-difference check of a sum of both losses would be wrong by
+    // design: numerically each loss depends on both inputs, analytically
+    // the stop-gradients cut one path each.
+}
+
+#[test]
+fn vq_scores_in_tiles_and_matches_brute_force() {
+    let a = Arena::host();
+    let mut rng = Rng::new(62);
+    let (n, k, d) = (700, 512, 16);
+    let z = common::values(&mut rng, n * d, 0.0);
+    let cb = common::values(&mut rng, k * d, 0.0);
+    let q = t(&a, &[n, d], &z).vector_quantize(&t(&a, &[k, d], &cb)).unwrap();
+    let idx = q.indices.to_vec::<i32>().unwrap();
+    for i in 0..n {
+        let dist = |j: usize| (0..d).map(|c| ((z[i * d + c] - cb[j * d + c]) as f64).powi(2)).sum::<f64>();
+        let best = (0..k).map(dist).fold(f64::INFINITY, f64::min);
+        // Our pick is the nearest, up to f32 rounding of near-ties.
+        assert!(dist(idx[i] as usize) <= best + 1e-5, "row {i}");
+    }
+    // The workspace held one tile of distances (256 × 512), never N × K.
+    let (tile, elems) = headroom::cpu::vq::workspace(n, k, d, DType::F32);
+    assert_eq!((tile, elems), (256, 512 + 256 * 512));
+    assert_eq!(a.stats().tag(Tag::Workspace).requested.peak, 4 * elems);
+    assert!(4 * elems < n * k * 4);
+}
+
+#[test]
+fn vq_saves_input_and_indices_only() {
+    let a = Arena::host();
+    let (n, k, d) = (300, 64, 8);
+    let mut rng = Rng::new(63);
+    let p = Tensor::randn(&a, &[n, d], 1.0, DType::F32, Tag::Parameter, &mut rng).unwrap().requires_grad();
+    let cb = Tensor::randn(&a, &[k, d], 1.0, DType::F32, Tag::Parameter, &mut rng).unwrap().requires_grad();
+    let z = p.mul_scalar(1.0).unwrap();
+    let q = z.vector_quantize(&cb).unwrap();
+    drop(z);
+    assert_eq!(activation(&a), n * d * 4 + n * 4);
+    let loss = q.z_q.mean_all().unwrap().add(&q.codebook_loss).unwrap().add(&q.commitment_loss.mul_scalar(0.25).unwrap()).unwrap();
+    drop(q);
+    backward(&loss).unwrap();
+    assert_eq!(activation(&a), 0);
+    assert!(p.grad().is_some() && cb.grad().is_some());
+}
+
+// ---- additive (Bahdanau) attention ----
+
+fn bahdanau_weights(v: &[Tensor]) -> headroom::ops::BahdanauWeights {
+    headroom::ops::BahdanauWeights { w_q: v[3].clone(), w_k: v[4].clone(), b: Some(v[5].clone()), v: v[6].clone() }
+}
+
+#[test]
+fn bahdanau_values_and_gradcheck_with_mask() {
+    let a = Arena::host();
+    let (b, tt, dq, dk, dv, at) = (2, 4, 3, 5, 2, 6);
+    // v = 0: every unmasked key scores 0, so the weights are uniform over them.
+    let zeros = |s: &[usize]| Tensor::zeros(&a, s, DType::F32, Tag::Data).unwrap();
+    let mut rng = Rng::new(71);
+    let vals = common::values(&mut rng, b * tt * dv, 0.0);
+    let w = headroom::ops::BahdanauWeights { w_q: zeros(&[at, dq]), w_k: zeros(&[at, dk]), b: None, v: zeros(&[1, at]) };
+    let mask = Tensor::from_slice(&a, &[b, tt], &[0u8, 0, 1, 1, 0, 0, 0, 1], Tag::Data).unwrap();
+    let (ctx, alpha) = Tensor::additive_attention(&zeros(&[b, dq]), &zeros(&[b, tt, dk]), &t(&a, &[b, tt, dv], &vals), &w, Some(&mask)).unwrap();
+    close(&alpha.to_vec_f32().unwrap(), &[0.5, 0.5, 0., 0., 1. / 3., 1. / 3., 1. / 3., 0.], 1e-6);
+    let mean = |r: std::ops::Range<usize>, c: usize| r.clone().map(|i| vals[i * dv + c]).sum::<f32>() / r.len() as f32;
+    close(&ctx.to_vec_f32().unwrap(), &[mean(0..2, 0), mean(0..2, 1), mean(4..7, 0), mean(4..7, 1)], 1e-6);
+
+    let ins = [
+        input(&mut rng, &[b, dq]),
+        input(&mut rng, &[b, tt, dk]),
+        input(&mut rng, &[b, tt, dv]),
+        input(&mut rng, &[at, dq]),
+        input(&mut rng, &[at, dk]),
+        input(&mut rng, &[at]),
+        input(&mut rng, &[1, at]),
+    ];
+    let f = |v: &[Tensor]| {
+        let m = Tensor::from_slice(v[0].arena(), &[b, tt], &[0u8, 0, 1, 0, 0, 1, 1, 1], Tag::Data)?;
+        let (ctx, alpha) = Tensor::additive_attention(&v[0], &v[1], &v[2], &bahdanau_weights(v), Some(&m))?;
+        Tensor::concat(&[&ctx, &alpha], 1)
+    };
+    gradcheck_all(f, &ins, &[true; 7]);
+}
