@@ -13,7 +13,7 @@ use crate::tensor::Tensor;
 /// Weights of additive attention, PyTorch `nn.Linear` layouts: `w_q`
 /// `[A, dq]`, `w_k` `[A, dk]`, optional bias `b` `[A]` (added once), and
 /// `v` `[1, A]` (or `[A]`).
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct BahdanauWeights {
     pub w_q: Tensor,
     pub w_k: Tensor,

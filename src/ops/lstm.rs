@@ -20,7 +20,7 @@ use crate::with_float;
 
 /// One direction's weights (PyTorch's `weight_ih_l0`, `weight_hh_l0`,
 /// `bias_ih_l0`, `bias_hh_l0`, or the `_reverse` set).
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct LstmParams {
     pub w_ih: Tensor,
     pub w_hh: Tensor,

@@ -10,6 +10,7 @@ use crate::tensor::{DType, Float, Tensor};
 use crate::with_float;
 
 /// What [`Tensor::vector_quantize`] returns.
+#[derive(Debug)]
 pub struct Quantized {
     /// The nearest code of each row, `[N, D]`; its gradient goes to z
     /// unchanged (straight-through), none to the codebook.
