@@ -4,9 +4,9 @@
 //! float dtype, the conv workspace bound, meta-vs-host allocation, errors.
 
 mod common;
-use common::{gradcheck, gradcheck_all, input};
+use common::{gradcheck_all, input};
 use headroom::alloc::{ArenaConfig, Backing};
-use headroom::autograd::{backward, no_grad};
+use headroom::autograd::backward;
 use headroom::ops::set_conv_workspace_limit;
 use headroom::rng::Rng;
 use headroom::{Arena, DType, Tag, Tensor};
@@ -824,4 +824,185 @@ fn bahdanau_values_and_gradcheck_with_mask() {
         Tensor::concat(&[&ctx, &alpha], 1)
     };
     gradcheck_all(f, &ins, &[true; 7]);
+}
+
+// ---- across ops: unbind, meta device, thread count, errors ----
+
+#[test]
+fn unbind_views_and_one_gradient() {
+    let a = Arena::host();
+    let x = t(&a, &[2, 3], &[1., 2., 3., 4., 5., 6.]).requires_grad();
+    let cols = x.unbind(1).unwrap();
+    assert_eq!(cols.len(), 3);
+    assert_eq!(cols[1].to_vec_f32().unwrap(), [2., 5.]);
+    assert!(std::sync::Arc::ptr_eq(cols[2].storage(), x.storage()), "unbind makes views");
+    let loss = cols[0].mul_scalar(2.0).unwrap().add(&cols[2]).unwrap().sum_all().unwrap();
+    backward(&loss).unwrap();
+    // The middle column is unused: its gradient is 0.
+    assert_eq!(x.grad().unwrap().to_vec_f32().unwrap(), [2., 0., 1., 2., 0., 1.]);
+    let mut rng = Rng::new(81);
+    gradcheck_all(|v| Tensor::concat(&[&v[0].unbind(1)?[2], &v[0].unbind(1)?[0]], 1), &[input(&mut rng, &[2, 3, 4])], &[true]);
+}
+
+/// Every op of this file on one arena, forward and backward; returns the
+/// arena's counts.
+fn pipeline(a: &Arena) -> (u64, u64, usize, usize, usize, usize) {
+    let dt = DType::BF16;
+    let p = |s: &[usize]| Tensor::zeros(a, s, dt, Tag::Parameter).unwrap().requires_grad();
+    let x = Tensor::zeros(a, &[2, 3, 4, 8, 8], dt, Tag::Data).unwrap();
+    let (rm, rv) = (Tensor::zeros(a, &[4], DType::F32, Tag::Data).unwrap(), Tensor::zeros(a, &[4], DType::F32, Tag::Data).unwrap());
+    let h = x.conv3d(&p(&[4, 3, 3, 3, 3]), Some(&p(&[4])), [1, 2, 2], [1, 1, 1], [1, 1, 1]).unwrap();
+    let h = h.batch_norm(Some(&p(&[4])), Some(&p(&[4])), Some(&rm), Some(&rv), true, 0.1, 1e-5).unwrap().relu().unwrap();
+    let h = h.max_pool(&[1, 2, 2], &[1, 2, 2], &[0, 0, 0]).unwrap(); // [2, 4, 4, 2, 2]
+    let seq = h.reshape(&[2, 4, 16]).unwrap();
+    let lp = |i: usize, hd: usize| headroom::ops::LstmParams { w_ih: p(&[4 * hd, i]), w_hh: p(&[4 * hd, hd]), b_ih: Some(p(&[4 * hd])), b_hh: Some(p(&[4 * hd])) };
+    let (out, (hn, _)) = seq.lstm_bidirectional(&lp(16, 5), &lp(16, 5), None).unwrap(); // [2, 4, 10]
+    let logp = out.matmul(&p(&[10, 6])).unwrap().to_dtype(DType::F32).unwrap().log_softmax(-1).unwrap().transpose(0, 1).unwrap();
+    let ctc = logp.ctc_loss(&ids(a, &[2, 2], &[1, 2, 3, 0]), &[4, 3], &[2, 1], 0, false).unwrap();
+    let w = headroom::ops::BahdanauWeights { w_q: p(&[7, 5]), w_k: p(&[7, 10]), b: None, v: p(&[1, 7]) };
+    let (ctx, _) = Tensor::additive_attention(&hn.unbind(0).unwrap()[1], &out, &out, &w, None).unwrap();
+    let img = Tensor::zeros(a, &[2, 4, 5, 5], dt, Tag::Data).unwrap();
+    let up = img.conv2d(&p(&[4, 4, 3, 3]), None, [1, 1], [1, 1], [1, 1]).unwrap();
+    let up = up.conv_transpose2d(&p(&[4, 3, 3, 3]), Some(&p(&[3])), [2, 2], [1, 1], [1, 1], [1, 1]).unwrap(); // [2, 3, 10, 10]
+    let pooled = up.avg_pool(&[2, 2], &[2, 2], &[0, 0]).unwrap().reshape(&[2, 3, 25]).unwrap();
+    let feats = pooled.conv1d(&p(&[5, 3, 3]), None, 1, 1, 1).unwrap().transpose(1, 2).unwrap(); // [2, 25, 5]
+    let q = feats.reshape(&[50, 5]).unwrap().vector_quantize(&p(&[16, 5])).unwrap();
+    let loss = ctc
+        .to_dtype(dt)
+        .unwrap()
+        .add(&ctx.mean_all().unwrap())
+        .unwrap()
+        .add(&q.z_q.mean_all().unwrap())
+        .unwrap()
+        .add(&q.codebook_loss)
+        .unwrap()
+        .add(&q.commitment_loss)
+        .unwrap();
+    backward(&loss).unwrap();
+    let s = a.stats();
+    (s.allocs, s.frees, s.allocated.peak, s.requested.peak, s.tag(Tag::Activation).allocated.peak, s.tag(Tag::Workspace).requested.peak)
+}
+
+#[test]
+fn meta_device_allocates_like_host() {
+    let _lock = LIMIT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let go = |backing| pipeline(&Arena::new(ArenaConfig { backing, ..Default::default() }).unwrap());
+    set_conv_workspace_limit(4096); // small enough to tile every conv
+    let tiled = (go(Backing::Host), go(Backing::Meta));
+    set_conv_workspace_limit(headroom::ops::DEFAULT_CONV_WORKSPACE_LIMIT);
+    assert_eq!(tiled.0, tiled.1);
+    assert_eq!(go(Backing::Host), go(Backing::Meta));
+}
+
+#[test]
+fn results_do_not_depend_on_thread_count() {
+    // Sizes above the parallel threshold, on pools of 1 and 3 threads.
+    let run = || {
+        let a = Arena::host();
+        let mut rng = Rng::new(91);
+        let mut p = |s: &[usize], dt: DType| Tensor::randn(&a, s, 0.3, dt, Tag::Parameter, &mut rng).unwrap().requires_grad();
+        let x = p(&[4, 8, 32, 32], DType::BF16);
+        let w = p(&[8, 8, 3, 3], DType::BF16);
+        let h = x.conv2d(&w, None, [1, 1], [1, 1], [1, 1]).unwrap();
+        let h = h.batch_norm(None, None, None, None, true, 0.1, 1e-5).unwrap().max_pool(&[2, 2], &[1, 1], &[1, 1]).unwrap();
+        let h = h.conv_transpose2d(&p(&[8, 2, 2, 2], DType::BF16), None, [2, 2], [0, 0], [0, 0], [1, 1]).unwrap().avg_pool(&[3, 3], &[2, 2], &[1, 1]).unwrap();
+        let seq = p(&[64, 3, 16], DType::F32);
+        let lstm = headroom::ops::LstmParams { w_ih: p(&[512, 16], DType::F32), w_hh: p(&[512, 128], DType::F32), b_ih: None, b_hh: None };
+        let (out, _) = seq.lstm(&lstm, true, None).unwrap();
+        let logits = p(&[50, 8, 100], DType::F32);
+        let tg: Vec<i32> = (0..8 * 50).map(|i| 1 + (i * 13 % 99) as i32).collect();
+        let ctc = logits.log_softmax(-1).unwrap().ctc_loss(&ids(&a, &[8, 50], &tg), &[50; 8], &[20, 25, 10, 5, 22, 18, 24, 1], 0, false).unwrap();
+        let z = p(&[300, 128], DType::F32);
+        let cb = p(&[512, 128], DType::F32);
+        let q = z.vector_quantize(&cb).unwrap();
+        let loss = h.to_dtype(DType::F32).unwrap().mean_all().unwrap().add(&out.mean_all().unwrap()).unwrap().add(&ctc).unwrap().add(&q.codebook_loss).unwrap().add(&q.commitment_loss).unwrap();
+        backward(&loss).unwrap();
+        [loss, x.grad().unwrap(), w.grad().unwrap(), seq.grad().unwrap(), logits.grad().unwrap(), z.grad().unwrap(), cb.grad().unwrap()].map(|t| t.to_vec_f32().unwrap())
+    };
+    let on = |n| rayon::ThreadPoolBuilder::new().num_threads(n).build().unwrap().install(run);
+    assert!(on(1) == on(3), "results differ between 1 and 3 threads");
+}
+
+#[test]
+fn bad_input_is_an_error_naming_op_and_shapes() {
+    for backing in [Backing::Host, Backing::Meta] {
+        let a = Arena::new(ArenaConfig { backing, ..Default::default() }).unwrap();
+        let z = |s: &[usize]| Tensor::zeros(&a, s, DType::F32, Tag::Data).unwrap();
+        let x = z(&[2, 3, 8, 8]);
+        let e = err(x.conv2d(&z(&[4, 2, 3, 3]), None, [1, 1], [0, 0], [1, 1]));
+        assert!(e.contains("conv2d") && e.contains("[4, 2, 3, 3]") && e.contains("[2, 3, 8, 8]") && e.contains("groups = 1"), "{e}");
+        let e = err(x.conv2d(&z(&[4, 3, 9, 3]), None, [1, 1], [0, 0], [1, 1]));
+        assert!(e.contains("conv2d") && e.contains("kernel extent 9"), "{e}");
+        let e = err(x.conv2d(&z(&[4, 3, 3, 3]), None, [1, 1], [0, 0], [4, 1]));
+        assert!(e.contains("conv2d") && e.contains("extent 9"), "{e}");
+        let e = err(x.conv2d(&z(&[4, 3, 3, 3]), Some(&z(&[3])), [1, 1], [0, 0], [1, 1]));
+        assert!(e.contains("conv2d") && e.contains("bias [3]") && e.contains("[4]"), "{e}");
+        assert!(err(x.conv2d(&z(&[4, 3, 3, 3]), None, [0, 1], [0, 0], [1, 1])).contains("stride"));
+        let e = err(x.conv1d(&z(&[4, 3, 3]), None, 1, 0, 1));
+        assert!(e.contains("conv1d") && e.contains("[2, 3, 8, 8]"), "{e}");
+        let e = err(x.conv3d(&Tensor::zeros(&a, &[4, 3, 1, 3, 3], DType::F16, Tag::Data).unwrap(), None, [1; 3], [0; 3], [1; 3]));
+        assert!(e.contains("conv3d"), "{e}");
+        let e = err(x.conv2d(&Tensor::zeros(&a, &[4, 3, 3, 3], DType::F16, Tag::Data).unwrap(), None, [1, 1], [0, 0], [1, 1]));
+        assert!(e.contains("conv2d") && e.contains("f16"), "{e}");
+        let e = err(x.conv_transpose2d(&z(&[3, 5, 3, 3]), None, [2, 2], [0, 0], [2, 0], [1, 1]));
+        assert!(e.contains("conv_transpose2d") && e.contains("output_padding"), "{e}");
+        let e = err(x.conv_transpose2d(&z(&[4, 5, 3, 3]), None, [1, 1], [0, 0], [0, 0], [1, 1]));
+        assert!(e.contains("conv_transpose2d") && e.contains("[4, 5, 3, 3]") && e.contains("groups = 1"), "{e}");
+        let e = err(x.conv_transpose2d(&z(&[3, 5, 1, 1]), None, [1, 1], [4, 4], [0, 0], [1, 1]));
+        assert!(e.contains("conv_transpose2d") && e.contains("empty"), "{e}");
+
+        let e = err(x.max_pool(&[3, 3], &[1, 1], &[2, 1]));
+        assert!(e.contains("max_pool") && e.contains("half"), "{e}");
+        let e = err(x.avg_pool(&[3], &[1], &[0]));
+        assert!(e.contains("avg_pool") && e.contains("[2, 3, 8, 8]"), "{e}");
+        assert!(err(x.max_pool(&[3, 3], &[1], &[0, 0])).contains("max_pool"));
+        assert!(err(x.max_pool(&[9, 1], &[1, 1], &[0, 0])).contains("smaller than kernel"));
+
+        let e = err(x.batch_norm(None, None, None, None, false, 0.1, 1e-5));
+        assert!(e.contains("batch_norm") && e.contains("running"), "{e}");
+        let e = err(x.batch_norm(Some(&z(&[2])), None, None, None, true, 0.1, 1e-5));
+        assert!(e.contains("batch_norm") && e.contains("[2]") && e.contains("[3]"), "{e}");
+        let e = err(z(&[1, 3]).batch_norm(None, None, None, None, true, 0.1, 1e-5));
+        assert!(e.contains("batch_norm") && e.contains("more than 1"), "{e}");
+        assert!(err(x.batch_norm(None, None, Some(&z(&[3])), None, true, 0.1, 1e-5)).contains("both"));
+
+        let e = err(Tensor::lstm_cell(&z(&[2, 3]), &z(&[2, 4]), &z(&[2, 4]), &z(&[16, 3]), &z(&[12, 4]), None, None));
+        assert!(e.contains("lstm_cell") && e.contains("[12, 4]") && e.contains("[4H, H]"), "{e}");
+        let e = err(Tensor::lstm_cell(&z(&[2, 3]), &z(&[2, 4]), &z(&[2, 4]), &z(&[16, 3]), &z(&[16, 4]), Some(&z(&[4])), None));
+        assert!(e.contains("lstm_cell") && e.contains("b_ih [4]"), "{e}");
+        let lp = headroom::ops::LstmParams { w_ih: z(&[16, 3]), w_hh: z(&[16, 4]), b_ih: None, b_hh: None };
+        assert!(err(z(&[2, 3]).lstm(&lp, false, None)).contains("[B, T, in]"));
+        assert!(err(z(&[2, 5, 3]).lstm_bidirectional(&lp, &lp, Some((&z(&[2, 4]), &z(&[2, 4]))))).contains("[2, B, H]"));
+
+        let lp3 = z(&[5, 2, 4]);
+        let tg = ids(&a, &[2, 3], &[1, 2, 3, 1, 1, 1]);
+        let e = err(lp3.ctc_loss(&tg, &[5], &[3, 3], 0, false));
+        assert!(e.contains("ctc_loss") && e.contains("1 input lengths"), "{e}");
+        let e = err(lp3.ctc_loss(&tg, &[6, 5], &[3, 3], 0, false));
+        assert!(e.contains("ctc_loss") && e.contains("input length 6") && e.contains("[5, 2, 4]"), "{e}");
+        let e = err(lp3.ctc_loss(&tg, &[5, 5], &[3, 4], 0, false));
+        assert!(e.contains("ctc_loss") && e.contains("target length 4") && e.contains("[2, 3]"), "{e}");
+        assert!(err(lp3.ctc_loss(&tg, &[5, 5], &[3, 3], 4, false)).contains("blank 4"));
+        assert!(err(lp3.ctc_loss(&z(&[2, 3]), &[5, 5], &[3, 3], 0, false)).contains("i32"));
+        assert!(err(lp3.ctc_loss(&ids(&a, &[3, 3], &[1; 9]), &[5, 5], &[3, 3], 0, false)).contains("[T, B, C]"));
+        if backing == Backing::Host {
+            // Label values are only known where there is data.
+            let e = err(lp3.ctc_loss(&ids(&a, &[2, 3], &[1, 0, 3, 1, 1, 1]), &[5, 5], &[3, 3], 0, false));
+            assert!(e.contains("ctc_loss") && e.contains("target 0 at [0, 1]") && e.contains("blank 0"), "{e}");
+            let e = err(lp3.ctc_loss(&ids(&a, &[2, 3], &[1, 2, 3, 1, 4, 1]), &[5, 5], &[3, 3], 0, false));
+            assert!(e.contains("target 4 at [1, 1]"), "{e}");
+            // A label past the target length is padding and not checked.
+            assert!(lp3.ctc_loss(&ids(&a, &[2, 3], &[1, 2, 9, 1, 1, -1]), &[5, 5], &[2, 2], 0, false).is_ok());
+        }
+
+        let e = err(z(&[10, 4]).vector_quantize(&z(&[8, 3])));
+        assert!(e.contains("vector_quantize") && e.contains("[10, 4]") && e.contains("[8, 3]"), "{e}");
+        assert!(err(z(&[10, 4]).vector_quantize(&z(&[0, 4]))).contains("non-empty"));
+
+        let w = headroom::ops::BahdanauWeights { w_q: z(&[6, 3]), w_k: z(&[6, 4]), b: None, v: z(&[1, 6]) };
+        let e = err(Tensor::additive_attention(&z(&[2, 3]), &z(&[2, 5, 4]), &z(&[2, 5, 2]), &w, Some(&Tensor::zeros(&a, &[2, 4], DType::U8, Tag::Data).unwrap())));
+        assert!(e.contains("bahdanau_attention") && e.contains("key_padding [2, 4]"), "{e}");
+        let e = err(Tensor::additive_attention(&z(&[2, 4]), &z(&[2, 5, 4]), &z(&[2, 5, 2]), &w, None));
+        assert!(e.contains("bahdanau_attention") && e.contains("query [2, 4]"), "{e}");
+    }
 }
