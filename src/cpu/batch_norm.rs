@@ -25,7 +25,12 @@ impl Dims {
     }
 }
 
-fn per_channel<T: Send>(d: &Dims, out: &mut [T], work: usize, f: impl Fn(usize, &mut T) + Sync + Send) {
+fn per_channel<T: Send>(
+    d: &Dims,
+    out: &mut [T],
+    work: usize,
+    f: impl Fn(usize, &mut T) + Sync + Send,
+) {
     if work >= PAR_MIN && d.ch > 1 {
         out.par_iter_mut().enumerate().for_each(|(c, o)| f(c, o));
     } else {
@@ -45,7 +50,10 @@ pub fn channel_stats<T: Float>(x: &[T], d: &Dims, mean: &mut [f32], var: &mut [f
         let m = s / n;
         let mut q = 0f64;
         for r in d.rows(c) {
-            q += x[r].iter().map(|v| (v.to_f32() as f64 - m).powi(2)).sum::<f64>();
+            q += x[r]
+                .iter()
+                .map(|v| (v.to_f32() as f64 - m).powi(2))
+                .sum::<f64>();
         }
         *o = (m as f32, (q / n) as f32);
     });
@@ -58,9 +66,13 @@ pub fn channel_stats<T: Float>(x: &[T], d: &Dims, mean: &mut [f32], var: &mut [f
 fn rows_mut<T: Float>(out: &mut [T], d: &Dims, f: impl Fn(usize, usize, &mut [T]) + Sync) {
     let sp = d.sp.max(1);
     if out.len() >= PAR_MIN {
-        out.par_chunks_mut(sp).enumerate().for_each(|(r, o)| f(r, r % d.ch, o));
+        out.par_chunks_mut(sp)
+            .enumerate()
+            .for_each(|(r, o)| f(r, r % d.ch, o));
     } else {
-        out.chunks_mut(sp).enumerate().for_each(|(r, o)| f(r, r % d.ch, o));
+        out.chunks_mut(sp)
+            .enumerate()
+            .for_each(|(r, o)| f(r, r % d.ch, o));
     }
 }
 

@@ -103,7 +103,10 @@ pub fn workspace(g: &Geom, pass: Pass, dtype: DType, limit: usize) -> (usize, us
         Pass::Adjoint => o * k + g.c * g.big_len(),
     };
     let avail = (limit / 4).saturating_sub(fixed);
-    let tile = (avail / (per * QUANTUM).max(1) * QUANTUM).max(QUANTUM).min(p).max(1);
+    let tile = (avail / (per * QUANTUM).max(1) * QUANTUM)
+        .max(QUANTUM)
+        .min(p)
+        .max(1);
     (tile, fixed + tile * per)
 }
 
@@ -211,13 +214,27 @@ fn small_tile<'a, T: Float>(
     let (o, p) = (g.o, g.small_len());
     if is_f32::<T>() {
         let s: &[f32] = bytemuck::cast_slice(small);
-        (s, Layout { offset: b * o * p + p0, rs: p, cs: 1 })
+        (
+            s,
+            Layout {
+                offset: b * o * p + p0,
+                rs: p,
+                cs: 1,
+            },
+        )
     } else {
         for r in 0..o {
             let src = &small[b * o * p + r * p + p0..][..n];
             widen(src, &mut buf[r * n..(r + 1) * n]);
         }
-        (&*buf, Layout { offset: 0, rs: n, cs: 1 })
+        (
+            &*buf,
+            Layout {
+                offset: 0,
+                rs: n,
+                cs: 1,
+            },
+        )
     }
 }
 
@@ -244,13 +261,21 @@ pub fn forward<T: Float>(
     } else {
         bytemuck::cast_slice(w)
     };
-    let lw = Layout { offset: 0, rs: k, cs: 1 };
+    let lw = Layout {
+        offset: 0,
+        rs: k,
+        cs: 1,
+    };
     for b in 0..batch {
         let x = &big[b * g.c * blen..(b + 1) * g.c * blen];
         for p0 in (0..p).step_by(tile) {
             let n = tile.min(p - p0);
             im2col(g, x, p0, n, col);
-            let lcol = Layout { offset: 0, rs: n, cs: 1 };
+            let lcol = Layout {
+                offset: 0,
+                rs: n,
+                cs: 1,
+            };
             if half {
                 let out = &mut obuf[..o * n];
                 if let Some(bias) = bias {
@@ -258,7 +283,11 @@ pub fn forward<T: Float>(
                         row.fill(bias[r].to_f32());
                     }
                 }
-                let lo = Layout { offset: 0, rs: n, cs: 1 };
+                let lo = Layout {
+                    offset: 0,
+                    rs: n,
+                    cs: 1,
+                };
                 gemm_f32(o, k, n, wf, lw, col, lcol, out, lo, bias.is_some());
                 for r in 0..o {
                     let dst = &mut small[b * o * p + r * p + p0..][..n];
@@ -273,7 +302,11 @@ pub fn forward<T: Float>(
                         s[b * o * p + r * p + p0..][..n].fill(bias[r].to_f32());
                     }
                 }
-                let lo = Layout { offset: b * o * p + p0, rs: p, cs: 1 };
+                let lo = Layout {
+                    offset: b * o * p + p0,
+                    rs: p,
+                    cs: 1,
+                };
                 gemm_f32(o, k, n, wf, lw, col, lcol, s, lo, bias.is_some());
             }
         }
@@ -304,7 +337,11 @@ pub fn adjoint<T: Float>(
         bytemuck::cast_slice(w)
     };
     // Wᵀ read in place: element (kk, r) of Wᵀ is w[r, kk].
-    let lwt = Layout { offset: 0, rs: 1, cs: k };
+    let lwt = Layout {
+        offset: 0,
+        rs: 1,
+        cs: k,
+    };
     for b in 0..batch {
         let sample = b * g.c * blen..(b + 1) * g.c * blen;
         let acc: &mut [f32] = if half {
@@ -316,7 +353,11 @@ pub fn adjoint<T: Float>(
         for p0 in (0..p).step_by(tile) {
             let n = tile.min(p - p0);
             let (s, ls) = small_tile(g, small, b, p0, n, sbuf);
-            let lcol = Layout { offset: 0, rs: n, cs: 1 };
+            let lcol = Layout {
+                offset: 0,
+                rs: n,
+                cs: 1,
+            };
             gemm_f32(k, o, n, wf, lwt, s, ls, dcol, lcol, false);
             col2im(g, dcol, p0, n, acc);
         }
@@ -350,9 +391,17 @@ pub fn weight_grad<T: Float>(
     let half = !is_f32::<T>();
     let (wacc, rest) = ws.split_at_mut(if half { o * k } else { 0 });
     let (col, sbuf) = rest.split_at_mut(k * tile);
-    let acc: &mut [f32] = if half { &mut *wacc } else { bytemuck::cast_slice_mut(dw) };
+    let acc: &mut [f32] = if half {
+        &mut *wacc
+    } else {
+        bytemuck::cast_slice_mut(dw)
+    };
     acc.fill(0.0);
-    let lacc = Layout { offset: 0, rs: k, cs: 1 };
+    let lacc = Layout {
+        offset: 0,
+        rs: k,
+        cs: 1,
+    };
     for b in 0..batch {
         let x = &big[b * g.c * blen..(b + 1) * g.c * blen];
         for p0 in (0..p).step_by(tile) {
@@ -361,9 +410,16 @@ pub fn weight_grad<T: Float>(
             let (s, ls) = small_tile(g, small, b, p0, n, sbuf);
             for j0 in (0..n).step_by(QUANTUM) {
                 let q = QUANTUM.min(n - j0);
-                let lsq = Layout { offset: ls.offset + j0, ..ls };
+                let lsq = Layout {
+                    offset: ls.offset + j0,
+                    ..ls
+                };
                 // colᵀ chunk read in place: element (j, kk) is col[kk, j0 + j].
-                let lct = Layout { offset: j0, rs: 1, cs: n };
+                let lct = Layout {
+                    offset: j0,
+                    rs: 1,
+                    cs: n,
+                };
                 gemm_f32(o, q, k, s, lsq, col, lct, acc, lacc, true);
             }
         }
@@ -376,7 +432,13 @@ pub fn weight_grad<T: Float>(
 }
 
 /// `out[c] = Σ_b Σ_s y[b, c, s]` (a bias gradient), in f64, b then s in order.
-pub fn channel_sum<T: Float>(y: &[T], batch: usize, channels: usize, spatial: usize, out: &mut [T]) {
+pub fn channel_sum<T: Float>(
+    y: &[T],
+    batch: usize,
+    channels: usize,
+    spatial: usize,
+    out: &mut [T],
+) {
     for (c, o) in out.iter_mut().enumerate() {
         let mut acc = 0f64;
         for b in 0..batch {

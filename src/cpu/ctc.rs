@@ -62,7 +62,15 @@ fn lse(a: f32, b: f32) -> f32 {
 }
 
 /// One step of the alpha recursion: `cur` from `prev` at frame t.
-fn alpha_step<T: Float>(p: &Problem, lp: &[T], b: usize, t: usize, l: usize, prev: &[f32], cur: &mut [f32]) {
+fn alpha_step<T: Float>(
+    p: &Problem,
+    lp: &[T],
+    b: usize,
+    t: usize,
+    l: usize,
+    prev: &[f32],
+    cur: &mut [f32],
+) {
     for s in 0..l {
         let mut a = prev[s];
         if s >= 1 {
@@ -142,7 +150,9 @@ pub fn backward<T: Float>(
         let (next, first) = ch.split_at_mut(s_max);
         for j in 0..sl {
             let lab = p.targets[b * s_max + j];
-            next[j] = (j + 1..sl).find(|&k| p.targets[b * s_max + k] == lab).map_or(-1, |k| k as i32);
+            next[j] = (j + 1..sl)
+                .find(|&k| p.targets[b * s_max + k] == lab)
+                .map_or(-1, |k| k as i32);
             first[j] = (0..j).all(|k| p.targets[b * s_max + k] != lab) as i32;
         }
         if tl == 0 || !nll[b].is_finite() {
@@ -174,7 +184,10 @@ pub fn backward<T: Float>(
             }
         }
     };
-    let it = ws.chunks_mut(2 * frames * ext).zip(chain.chunks_mut(2 * s_max.max(1))).enumerate();
+    let it = ws
+        .chunks_mut(2 * frames * ext)
+        .zip(chain.chunks_mut(2 * s_max.max(1)))
+        .enumerate();
     if frames * p.batch * ext >= PAR_MIN {
         it.collect::<Vec<_>>().into_par_iter().for_each(one);
     } else {
@@ -191,7 +204,10 @@ pub fn backward<T: Float>(
         }
         let scale = -g / (p.batch as f32 * sl.max(1) as f32);
         let w = &ws[b * 2 * frames * ext..];
-        let (a, be) = (&w[t * ext..(t + 1) * ext], &w[(frames + t) * ext..(frames + t + 1) * ext]);
+        let (a, be) = (
+            &w[t * ext..(t + 1) * ext],
+            &w[(frames + t) * ext..(frames + t + 1) * ext],
+        );
         let post = |s: usize, c: usize| (a[s] + be[s] - p.lp(lp, t, b, c) + nll[b]).exp();
         let blank: f32 = (0..=sl).map(|j| post(2 * j, p.blank)).sum();
         out[p.blank] = T::from_f32(scale * blank);

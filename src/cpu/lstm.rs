@@ -39,7 +39,10 @@ pub fn forward<T: Float>(
         let cr = &c[r * hidden..(r + 1) * hidden];
         let pre = |q: usize, j: usize, gr: &[T]| {
             let k = q * hidden + j;
-            gr[k].to_f32() + ghr[k].to_f32() + b.ih.map_or(0.0, |v| v[k].to_f32()) + b.hh.map_or(0.0, |v| v[k].to_f32())
+            gr[k].to_f32()
+                + ghr[k].to_f32()
+                + b.ih.map_or(0.0, |v| v[k].to_f32())
+                + b.hh.map_or(0.0, |v| v[k].to_f32())
         };
         for j in 0..hidden {
             let i = sigmoid(pre(0, j, gr));
@@ -54,9 +57,15 @@ pub fn forward<T: Float>(
             }
         }
     };
-    let it = gates.chunks_mut(h4).zip(h_out.chunks_mut(hidden)).zip(c_out.chunks_mut(hidden));
+    let it = gates
+        .chunks_mut(h4)
+        .zip(h_out.chunks_mut(hidden))
+        .zip(c_out.chunks_mut(hidden));
     if gh.len() >= PAR_MIN {
-        it.enumerate().collect::<Vec<_>>().into_par_iter().for_each(row);
+        it.enumerate()
+            .collect::<Vec<_>>()
+            .into_par_iter()
+            .for_each(row);
     } else {
         it.enumerate().for_each(row);
     }
@@ -94,7 +103,12 @@ pub fn backward<T: Float>(
             let tc = (f * cp + i * g).tanh();
             let dhv = dh.map_or(0.0, |d| d[k].to_f32());
             let dct = dhv * o * (1.0 - tc * tc) + dc.map_or(0.0, |d| d[k].to_f32());
-            let d = [dct * g * i * (1.0 - i), dct * cp * f * (1.0 - f), dct * i * (1.0 - g * g), dhv * tc * o * (1.0 - o)];
+            let d = [
+                dct * g * i * (1.0 - i),
+                dct * cp * f * (1.0 - f),
+                dct * i * (1.0 - g * g),
+                dhv * tc * o * (1.0 - o),
+            ];
             for (q, v) in d.into_iter().enumerate() {
                 dg[q * hidden + j] = T::from_f32(v);
             }

@@ -40,20 +40,34 @@ impl PoolGeom {
     #[inline(always)]
     fn covering(&self, d: usize, i: usize) -> std::ops::Range<usize> {
         let (k, s, p) = (self.k[d], self.stride[d], self.pad[d]);
-        let lo = if i + p + 1 > k { (i + p + 1 - k).div_ceil(s) } else { 0 };
+        let lo = if i + p + 1 > k {
+            (i + p + 1 - k).div_ceil(s)
+        } else {
+            0
+        };
         let hi = ((i + p) / s + 1).min(self.small[d]);
         lo..hi.max(lo)
     }
 }
 
-fn planes<T: Send, U: Sync>(out: &mut [T], olen: usize, x: &[U], xlen: usize, f: impl Fn(&mut [T], &[U]) + Sync) {
+fn planes<T: Send, U: Sync>(
+    out: &mut [T],
+    olen: usize,
+    x: &[U],
+    xlen: usize,
+    f: impl Fn(&mut [T], &[U]) + Sync,
+) {
     if olen == 0 || xlen == 0 {
         return;
     }
     if out.len() + x.len() >= PAR_MIN {
-        out.par_chunks_mut(olen).zip(x.par_chunks(xlen)).for_each(|(o, x)| f(o, x));
+        out.par_chunks_mut(olen)
+            .zip(x.par_chunks(xlen))
+            .for_each(|(o, x)| f(o, x));
     } else {
-        out.chunks_mut(olen).zip(x.chunks(xlen)).for_each(|(o, x)| f(o, x));
+        out.chunks_mut(olen)
+            .zip(x.chunks(xlen))
+            .for_each(|(o, x)| f(o, x));
     }
 }
 
@@ -75,11 +89,17 @@ fn each_output(g: &PoolGeom, mut f: impl FnMut(usize, [usize; 3])) {
 #[inline(always)]
 fn each_in_window(g: &PoolGeom, o: [usize; 3], mut f: impl FnMut(usize)) {
     for a in 0..g.k[0] {
-        let Some(id) = g.src(0, o[0], a) else { continue };
+        let Some(id) = g.src(0, o[0], a) else {
+            continue;
+        };
         for b in 0..g.k[1] {
-            let Some(ih) = g.src(1, o[1], b) else { continue };
+            let Some(ih) = g.src(1, o[1], b) else {
+                continue;
+            };
             for c in 0..g.k[2] {
-                let Some(iw) = g.src(2, o[2], c) else { continue };
+                let Some(iw) = g.src(2, o[2], c) else {
+                    continue;
+                };
                 f((id * g.big[1] + ih) * g.big[2] + iw);
             }
         }
@@ -133,11 +153,18 @@ pub fn max_pool<T: Float>(x: &[T], g: &PoolGeom, out: &mut [T], arg: &mut [i32])
         });
     };
     let big = out.len() + x.len() >= PAR_MIN;
-    let pairs: Vec<(&mut [T], &mut [i32])> = out.chunks_mut(slen).zip(arg.chunks_mut(slen)).collect();
+    let pairs: Vec<(&mut [T], &mut [i32])> =
+        out.chunks_mut(slen).zip(arg.chunks_mut(slen)).collect();
     if big {
-        pairs.into_par_iter().zip(x.par_chunks(blen)).for_each(|(p, x)| one(p, x));
+        pairs
+            .into_par_iter()
+            .zip(x.par_chunks(blen))
+            .for_each(|(p, x)| one(p, x));
     } else {
-        pairs.into_iter().zip(x.chunks(blen)).for_each(|(p, x)| one(p, x));
+        pairs
+            .into_iter()
+            .zip(x.chunks(blen))
+            .for_each(|(p, x)| one(p, x));
     }
 }
 
@@ -145,7 +172,10 @@ pub fn max_pool<T: Float>(x: &[T], g: &PoolGeom, out: &mut [T], arg: &mut [i32])
 /// maximum was i.
 pub fn max_pool_backward<T: Float>(dy: &[T], arg: &[i32], g: &PoolGeom, dx: &mut [T]) {
     let (blen, slen) = (g.big_len(), g.small_len());
-    let both: Vec<(&[T], &[i32])> = dy.chunks(slen.max(1)).zip(arg.chunks(slen.max(1))).collect();
+    let both: Vec<(&[T], &[i32])> = dy
+        .chunks(slen.max(1))
+        .zip(arg.chunks(slen.max(1)))
+        .collect();
     planes(dx, blen, &both, 1, |d, pair| {
         let (dy, arg) = pair[0];
         each_input(g, |i, pos| {

@@ -28,7 +28,15 @@ fn widen<T: Float>(src: &[T], dst: &mut [f32]) {
 }
 
 /// `idx[i] = argmin_j |z_i − e_j|²`, scored as `|e_j|² − 2 z_i·e_j`.
-pub fn nearest<T: Float>(z: &[T], cb: &[T], k: usize, d: usize, tile: usize, idx: &mut [i32], ws: &mut [f32]) {
+pub fn nearest<T: Float>(
+    z: &[T],
+    cb: &[T],
+    k: usize,
+    d: usize,
+    tile: usize,
+    idx: &mut [i32],
+    ws: &mut [f32],
+) {
     let n = idx.len();
     let half = T::DTYPE != DType::F32;
     let (norms, rest) = ws.split_at_mut(k);
@@ -47,12 +55,45 @@ pub fn nearest<T: Float>(z: &[T], cb: &[T], k: usize, d: usize, tile: usize, idx
         let m = tile.min(n - n0);
         let (zf, lz): (&[f32], Layout) = if half {
             widen(&z[n0 * d..(n0 + m) * d], zt);
-            (&*zt, Layout { offset: 0, rs: d, cs: 1 })
+            (
+                &*zt,
+                Layout {
+                    offset: 0,
+                    rs: d,
+                    cs: 1,
+                },
+            )
         } else {
-            (bytemuck::cast_slice(z), Layout { offset: n0 * d, rs: d, cs: 1 })
+            (
+                bytemuck::cast_slice(z),
+                Layout {
+                    offset: n0 * d,
+                    rs: d,
+                    cs: 1,
+                },
+            )
         };
         let dist = &mut dist[..m * k];
-        gemm_f32(m, d, k, zf, lz, cbf, Layout { offset: 0, rs: 1, cs: d }, dist, Layout { offset: 0, rs: k, cs: 1 }, false);
+        gemm_f32(
+            m,
+            d,
+            k,
+            zf,
+            lz,
+            cbf,
+            Layout {
+                offset: 0,
+                rs: 1,
+                cs: d,
+            },
+            dist,
+            Layout {
+                offset: 0,
+                rs: k,
+                cs: 1,
+            },
+            false,
+        );
         let norms = &*norms;
         let row = |(out, dr): (&mut i32, &[f32])| {
             let (mut best, mut at) = (f32::INFINITY, 0);
@@ -74,7 +115,14 @@ pub fn nearest<T: Float>(z: &[T], cb: &[T], k: usize, d: usize, tile: usize, idx
 }
 
 /// `dz[i] = scale·(z_i − e_idx[i])` (the commitment loss's gradient).
-pub fn commitment_grad<T: Float>(z: &[T], cb: &[T], idx: &[i32], d: usize, scale: f32, dz: &mut [T]) {
+pub fn commitment_grad<T: Float>(
+    z: &[T],
+    cb: &[T],
+    idx: &[i32],
+    d: usize,
+    scale: f32,
+    dz: &mut [T],
+) {
     if d == 0 {
         return;
     }
@@ -94,7 +142,15 @@ pub fn commitment_grad<T: Float>(z: &[T], cb: &[T], idx: &[i32], d: usize, scale
 /// `de_j = scale·Σ_{i: idx[i] = j} (e_j − z_i)`, the rows of each code added
 /// in increasing i (the codebook loss's gradient). `csr` (`K + 1 + N` i32)
 /// receives the rows bucketed by code (a stable counting sort).
-pub fn codebook_grad<T: Float>(z: &[T], cb: &[T], idx: &[i32], d: usize, scale: f32, csr: &mut [i32], dcb: &mut [T]) {
+pub fn codebook_grad<T: Float>(
+    z: &[T],
+    cb: &[T],
+    idx: &[i32],
+    d: usize,
+    scale: f32,
+    csr: &mut [i32],
+    dcb: &mut [T],
+) {
     let k = cb.len() / d.max(1);
     if d == 0 || k == 0 {
         return;
@@ -117,7 +173,10 @@ pub fn codebook_grad<T: Float>(z: &[T], cb: &[T], idx: &[i32], d: usize, scale: 
         let e = &cb[j * d..(j + 1) * d];
         for (c, o) in o.iter_mut().enumerate() {
             let ev = e[c].to_f32();
-            let acc: f32 = rows.iter().map(|&i| ev - z[i as usize * d + c].to_f32()).sum();
+            let acc: f32 = rows
+                .iter()
+                .map(|&i| ev - z[i as usize * d + c].to_f32())
+                .sum();
             *o = T::from_f32(scale * acc);
         }
     };

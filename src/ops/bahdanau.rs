@@ -28,7 +28,11 @@ impl Tensor {
         if keys.rank() != 3 || w.w_k.rank() != 2 || keys.dim(2) != w.w_k.dim(1) {
             return Err(Error::shape(
                 "bahdanau_attention",
-                format!("keys {:?} with w_k {:?}: need keys [B, T, dk] and w_k [A, dk]", keys.shape(), w.w_k.shape()),
+                format!(
+                    "keys {:?} with w_k {:?}: need keys [B, T, dk] and w_k [A, dk]",
+                    keys.shape(),
+                    w.w_k.shape()
+                ),
             ));
         }
         keys.matmul(&w.w_k.transpose(0, 1)?)
@@ -81,12 +85,22 @@ impl Tensor {
         let mut scores = e.matmul(&w.v.reshape(&[a, 1])?)?.reshape(&[b, t])?;
         if let Some(m) = key_padding {
             if m.shape() != [b, t] {
-                return Err(Error::shape(OP, format!("key_padding {:?} for keys {:?}: need [B, T] = [{b}, {t}]", m.shape(), keys_proj.shape())));
+                return Err(Error::shape(
+                    OP,
+                    format!(
+                        "key_padding {:?} for keys {:?}: need [B, T] = [{b}, {t}]",
+                        m.shape(),
+                        keys_proj.shape()
+                    ),
+                ));
             }
             scores = scores.masked_fill(m, f32::NEG_INFINITY)?;
         }
         let alpha = scores.softmax(-1)?;
-        let context = alpha.unsqueeze(1)?.matmul(values)?.reshape(&[b, values.dim(2)])?;
+        let context = alpha
+            .unsqueeze(1)?
+            .matmul(values)?
+            .reshape(&[b, values.dim(2)])?;
         Ok((context, alpha))
     }
 
@@ -98,6 +112,12 @@ impl Tensor {
         w: &BahdanauWeights,
         key_padding: Option<&Tensor>,
     ) -> Result<(Tensor, Tensor)> {
-        Tensor::bahdanau_attention(query, &Tensor::bahdanau_keys(keys, w)?, values, w, key_padding)
+        Tensor::bahdanau_attention(
+            query,
+            &Tensor::bahdanau_keys(keys, w)?,
+            values,
+            w,
+            key_padding,
+        )
     }
 }

@@ -15,7 +15,11 @@ fn check_running(op: &'static str, name: &str, t: &Tensor, x: &Tensor) -> Result
     if t.shape() != [c] || !t.is_contiguous() {
         return Err(Error::shape(
             op,
-            format!("{name} {:?} for input {:?}: need a dense [{c}], one value per channel", t.shape(), x.shape()),
+            format!(
+                "{name} {:?} for input {:?}: need a dense [{c}], one value per channel",
+                t.shape(),
+                x.shape()
+            ),
         ));
     }
     float_only(op, t)?;
@@ -51,7 +55,13 @@ impl Tensor {
     ) -> Result<Tensor> {
         const OP: &str = "batch_norm";
         if self.rank() < 2 {
-            return Err(Error::shape(OP, format!("input {:?} needs [B, C, ..]: channels are dim 1", self.shape())));
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "input {:?} needs [B, C, ..]: channels are dim 1",
+                    self.shape()
+                ),
+            ));
         }
         float_only(OP, self)?;
         let (batch, ch) = (self.dim(0), self.dim(1));
@@ -61,7 +71,11 @@ impl Tensor {
             if p.shape() != [ch] {
                 return Err(Error::shape(
                     OP,
-                    format!("{name} {:?} for input {:?}: need [{ch}], one value per channel", p.shape(), self.shape()),
+                    format!(
+                        "{name} {:?} for input {:?}: need [{ch}], one value per channel",
+                        p.shape(),
+                        self.shape()
+                    ),
                 ));
             }
             same_arena(OP, &[self, p])?;
@@ -74,10 +88,18 @@ impl Tensor {
                 Some((m, v))
             }
             (None, None) => None,
-            _ => return Err(Error::invalid(OP, "give both running_mean and running_var, or neither")),
+            _ => {
+                return Err(Error::invalid(
+                    OP,
+                    "give both running_mean and running_var, or neither",
+                ))
+            }
         };
         if !training && running.is_none() {
-            return Err(Error::invalid(OP, "evaluation (training = false) needs running_mean and running_var"));
+            return Err(Error::invalid(
+                OP,
+                "evaluation (training = false) needs running_mean and running_var",
+            ));
         }
         let n = batch * sp;
         if training && n <= 1 {
@@ -87,7 +109,10 @@ impl Tensor {
             ));
         }
         if !(0.0..=1.0).contains(&momentum) || eps.is_nan() || eps < 0.0 {
-            return Err(Error::invalid(OP, format!("momentum {momentum} must be in [0, 1] and eps {eps} ≥ 0")));
+            return Err(Error::invalid(
+                OP,
+                format!("momentum {momentum} must be in [0, 1] and eps {eps} ≥ 0"),
+            ));
         }
         let d = Dims { batch, ch, sp };
         let x = self.contiguous()?;
@@ -99,7 +124,12 @@ impl Tensor {
         if !out.is_meta() {
             let (mv, rv) = (mean.data_mut::<f32>()?, rstd.data_mut::<f32>()?);
             if training {
-                with_float!(OP, x.dtype(), |T| k::channel_stats::<T>(x.data::<T>()?, &d, mv, rv));
+                with_float!(OP, x.dtype(), |T| k::channel_stats::<T>(
+                    x.data::<T>()?,
+                    &d,
+                    mv,
+                    rv
+                ));
                 if let Some((rm, rvar)) = running {
                     let unbias = n as f32 / (n - 1) as f32;
                     with_float!(OP, rm.dtype(), |R| {
@@ -150,7 +180,9 @@ impl Tensor {
             let want_x = wants[0];
             let want_w = has_w && wants[1];
             let want_b = has_b && wants[wants.len() - 1];
-            let grad = |want: bool, shape: &[usize]| want.then(|| output(OP, x, shape, x.dtype())).transpose();
+            let grad = |want: bool, shape: &[usize]| {
+                want.then(|| output(OP, x, shape, x.dtype())).transpose()
+            };
             let dx = grad(want_x, x.shape())?;
             let dw = grad(want_w, &[ch])?;
             let db = grad(want_b, &[ch])?;
@@ -174,13 +206,24 @@ impl Tensor {
                         }
                         if training {
                             // The sums become the per-channel means dx subtracts.
-                            sdy.iter_mut().chain(sdyx.iter_mut()).for_each(|v| *v /= n as f32);
+                            sdy.iter_mut()
+                                .chain(sdyx.iter_mut())
+                                .for_each(|v| *v /= n as f32);
                             centre = Some((&*sdy, &*sdyx));
                         }
                     }
                     if let Some(dx) = &dx {
                         let wv = w.map(|w| w.data::<T>()).transpose()?;
-                        k::backward_dx::<T>(xv, gv, &d, mean, rstd, wv, centre, dx.data_mut::<T>()?);
+                        k::backward_dx::<T>(
+                            xv,
+                            gv,
+                            &d,
+                            mean,
+                            rstd,
+                            wv,
+                            centre,
+                            dx.data_mut::<T>()?,
+                        );
                     }
                 });
             }

@@ -180,7 +180,10 @@ fn check_common(
         ));
     }
     if w.shape().contains(&0) {
-        return Err(Error::shape(op, format!("weight {:?} has an empty dimension", w.shape())));
+        return Err(Error::shape(
+            op,
+            format!("weight {:?} has an empty dimension", w.shape()),
+        ));
     }
     Ok(())
 }
@@ -263,17 +266,27 @@ fn conv_nd(
     inputs.extend(bc.iter());
     let wants: Vec<bool> = inputs.iter().map(|t| t.requires_grad_flag()).collect();
     let (xshape, wshape) = (x.shape().to_vec(), wc.shape().to_vec());
-    Ok(record(op, &inputs, out, vec![x.clone(), wc.clone()], move |s, gr| {
-        let dy = gr[0].as_ref().expect("gradient").contiguous_untracked(op)?;
-        let (x, w) = (&s[0], &s[1]);
-        let dx = wants[0].then(|| pass_adjoint(op, &g, &dy, w, None, &xshape)).transpose()?;
-        let dw = wants[1].then(|| pass_weight(op, &g, x, &dy, &wshape)).transpose()?;
-        let mut grads = vec![dx, dw];
-        if wants.len() == 3 {
-            grads.push(wants[2].then(|| bias_grad(op, &dy, o)).transpose()?);
-        }
-        Ok(grads)
-    }))
+    Ok(record(
+        op,
+        &inputs,
+        out,
+        vec![x.clone(), wc.clone()],
+        move |s, gr| {
+            let dy = gr[0].as_ref().expect("gradient").contiguous_untracked(op)?;
+            let (x, w) = (&s[0], &s[1]);
+            let dx = wants[0]
+                .then(|| pass_adjoint(op, &g, &dy, w, None, &xshape))
+                .transpose()?;
+            let dw = wants[1]
+                .then(|| pass_weight(op, &g, x, &dy, &wshape))
+                .transpose()?;
+            let mut grads = vec![dx, dw];
+            if wants.len() == 3 {
+                grads.push(wants[2].then(|| bias_grad(op, &dy, o)).transpose()?);
+            }
+            Ok(grads)
+        },
+    ))
 }
 
 impl Tensor {
@@ -288,7 +301,15 @@ impl Tensor {
         padding: usize,
         dilation: usize,
     ) -> Result<Tensor> {
-        conv_nd("conv1d", self, weight, bias, &[stride], &[padding], &[dilation])
+        conv_nd(
+            "conv1d",
+            self,
+            weight,
+            bias,
+            &[stride],
+            &[padding],
+            &[dilation],
+        )
     }
 
     /// 2-d convolution of `[B, C, H, W]` with weight `[O, C, kh, kw]` and
@@ -368,7 +389,11 @@ impl Tensor {
                 ));
             }
             let len = x.shape()[2 + d];
-            let full = if len == 0 { 0 } else { (len - 1) * s + dl * (w.shape()[2 + d] - 1) + op_ + 1 };
+            let full = if len == 0 {
+                0
+            } else {
+                (len - 1) * s + dl * (w.shape()[2 + d] - 1) + op_ + 1
+            };
             if full <= 2 * padding[d] {
                 return Err(Error::shape(
                     OP,
@@ -401,16 +426,26 @@ impl Tensor {
         inputs.extend(bc.iter());
         let wants: Vec<bool> = inputs.iter().map(|t| t.requires_grad_flag()).collect();
         let (xshape, wshape) = (x.shape().to_vec(), wc.shape().to_vec());
-        Ok(record(OP, &inputs, out, vec![x.clone(), wc.clone()], move |s, gr| {
-            let dy = gr[0].as_ref().expect("gradient").contiguous_untracked(OP)?;
-            let (x, w) = (&s[0], &s[1]);
-            let dx = wants[0].then(|| pass_forward(OP, &g, &dy, w, None, &xshape)).transpose()?;
-            let dw = wants[1].then(|| pass_weight(OP, &g, &dy, x, &wshape)).transpose()?;
-            let mut grads = vec![dx, dw];
-            if wants.len() == 3 {
-                grads.push(wants[2].then(|| bias_grad(OP, &dy, cout)).transpose()?);
-            }
-            Ok(grads)
-        }))
+        Ok(record(
+            OP,
+            &inputs,
+            out,
+            vec![x.clone(), wc.clone()],
+            move |s, gr| {
+                let dy = gr[0].as_ref().expect("gradient").contiguous_untracked(OP)?;
+                let (x, w) = (&s[0], &s[1]);
+                let dx = wants[0]
+                    .then(|| pass_forward(OP, &g, &dy, w, None, &xshape))
+                    .transpose()?;
+                let dw = wants[1]
+                    .then(|| pass_weight(OP, &g, &dy, x, &wshape))
+                    .transpose()?;
+                let mut grads = vec![dx, dw];
+                if wants.len() == 3 {
+                    grads.push(wants[2].then(|| bias_grad(OP, &dy, cout)).transpose()?);
+                }
+                Ok(grads)
+            },
+        ))
     }
 }

@@ -54,7 +54,14 @@ impl Tensor {
         }
         float_only(OP, self)?;
         if targets.dtype() != DType::I32 {
-            return Err(Error::dtype(OP, format!("targets {:?} are {}, expected i32 labels", targets.shape(), targets.dtype())));
+            return Err(Error::dtype(
+                OP,
+                format!(
+                    "targets {:?} are {}, expected i32 labels",
+                    targets.shape(),
+                    targets.dtype()
+                ),
+            ));
         }
         same_arena(OP, &[self, targets])?;
         let (frames, batch, classes) = (self.dim(0), self.dim(1), self.dim(2));
@@ -71,13 +78,31 @@ impl Tensor {
             ));
         }
         if let Some((b, &l)) = input_lengths.iter().enumerate().find(|(_, &l)| l > frames) {
-            return Err(Error::index(OP, format!("input length {l} of sample {b} exceeds the {frames} frames of log_probs {:?}", self.shape())));
+            return Err(Error::index(
+                OP,
+                format!(
+                    "input length {l} of sample {b} exceeds the {frames} frames of log_probs {:?}",
+                    self.shape()
+                ),
+            ));
         }
         if let Some((b, &l)) = target_lengths.iter().enumerate().find(|(_, &l)| l > s_max) {
-            return Err(Error::index(OP, format!("target length {l} of sample {b} exceeds the {s_max} columns of targets {:?}", targets.shape())));
+            return Err(Error::index(
+                OP,
+                format!(
+                    "target length {l} of sample {b} exceeds the {s_max} columns of targets {:?}",
+                    targets.shape()
+                ),
+            ));
         }
         if blank >= classes {
-            return Err(Error::index(OP, format!("blank {blank} is not a class of log_probs {:?}", self.shape())));
+            return Err(Error::index(
+                OP,
+                format!(
+                    "blank {blank} is not a class of log_probs {:?}",
+                    self.shape()
+                ),
+            ));
         }
         let lp = self.contiguous()?;
         let tg = targets.contiguous_untracked(OP)?;
@@ -98,34 +123,82 @@ impl Tensor {
                     }
                 }
             }
-            let p = Problem { frames, batch, classes, targets: tv, s_max, input_lengths: &il, target_lengths: &tl, blank };
+            let p = Problem {
+                frames,
+                batch,
+                classes,
+                targets: tv,
+                s_max,
+                input_lengths: &il,
+                target_lengths: &tl,
+                blank,
+            };
             let nv = nll.data_mut::<f32>()?;
-            with_float!(OP, lp.dtype(), |T| k::forward::<T>(lp.data::<T>()?, &p, nv, ws.data_mut::<f32>()?));
+            with_float!(OP, lp.dtype(), |T| k::forward::<T>(
+                lp.data::<T>()?,
+                &p,
+                nv,
+                ws.data_mut::<f32>()?
+            ));
             if zero_infinity {
-                nv.iter_mut().filter(|v| v.is_infinite()).for_each(|v| *v = 0.0);
+                nv.iter_mut()
+                    .filter(|v| v.is_infinite())
+                    .for_each(|v| *v = 0.0);
             }
-            let sum: f64 = nv.iter().zip(&tl).map(|(&n, &s)| n as f64 / s.max(1) as f64).sum();
-            with_float!(OP, lp.dtype(), |T| out.data_mut::<T>()?[0] = T::from_f32((sum / batch.max(1) as f64) as f32));
+            let sum: f64 = nv
+                .iter()
+                .zip(&tl)
+                .map(|(&n, &s)| n as f64 / s.max(1) as f64)
+                .sum();
+            with_float!(OP, lp.dtype(), |T| out.data_mut::<T>()?[0] =
+                T::from_f32((sum / batch.max(1) as f64) as f32));
         }
         drop(ws);
-        Ok(record(OP, &[&lp, targets], out, vec![lp.clone(), tg, nll], move |s, g| {
-            let (lp, tg, nll) = (&s[0], &s[1], &s[2]);
-            let grad = output(OP, lp, lp.shape(), lp.dtype())?;
-            let ws = Tensor::empty(lp.arena(), &[batch, 2, frames, ext], DType::F32, Tag::Workspace, OP)?;
-            let chain = Tensor::empty(lp.arena(), &[batch, 2, s_max.max(1)], DType::I32, Tag::Workspace, OP)?;
-            if !grad.is_meta() {
-                let p = Problem { frames, batch, classes, targets: tg.data::<i32>()?, s_max, input_lengths: &il, target_lengths: &tl, blank };
-                with_float!(OP, lp.dtype(), |T| k::backward::<T>(
-                    lp.data::<T>()?,
-                    &p,
-                    nll.data::<f32>()?,
-                    g[0].as_ref().expect("gradient").item()?,
-                    grad.data_mut::<T>()?,
-                    ws.data_mut::<f32>()?,
-                    chain.data_mut::<i32>()?
-                ));
-            }
-            Ok(vec![Some(grad), None])
-        }))
+        Ok(record(
+            OP,
+            &[&lp, targets],
+            out,
+            vec![lp.clone(), tg, nll],
+            move |s, g| {
+                let (lp, tg, nll) = (&s[0], &s[1], &s[2]);
+                let grad = output(OP, lp, lp.shape(), lp.dtype())?;
+                let ws = Tensor::empty(
+                    lp.arena(),
+                    &[batch, 2, frames, ext],
+                    DType::F32,
+                    Tag::Workspace,
+                    OP,
+                )?;
+                let chain = Tensor::empty(
+                    lp.arena(),
+                    &[batch, 2, s_max.max(1)],
+                    DType::I32,
+                    Tag::Workspace,
+                    OP,
+                )?;
+                if !grad.is_meta() {
+                    let p = Problem {
+                        frames,
+                        batch,
+                        classes,
+                        targets: tg.data::<i32>()?,
+                        s_max,
+                        input_lengths: &il,
+                        target_lengths: &tl,
+                        blank,
+                    };
+                    with_float!(OP, lp.dtype(), |T| k::backward::<T>(
+                        lp.data::<T>()?,
+                        &p,
+                        nll.data::<f32>()?,
+                        g[0].as_ref().expect("gradient").item()?,
+                        grad.data_mut::<T>()?,
+                        ws.data_mut::<f32>()?,
+                        chain.data_mut::<i32>()?
+                    ));
+                }
+                Ok(vec![Some(grad), None])
+            },
+        ))
     }
 }

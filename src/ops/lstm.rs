@@ -89,14 +89,24 @@ impl Tensor {
         for (name, b) in [("b_ih", b_ih), ("b_hh", b_hh)] {
             if let Some(b) = b {
                 if b.shape() != [4 * hd] {
-                    return Err(Error::shape(OP, format!("{name} {:?} for hidden size {hd}: need [{}]", b.shape(), 4 * hd)));
+                    return Err(Error::shape(
+                        OP,
+                        format!(
+                            "{name} {:?} for hidden size {hd}: need [{}]",
+                            b.shape(),
+                            4 * hd
+                        ),
+                    ));
                 }
             }
         }
         let batch = x.dim(0);
         let (gates, gh) = {
             let _g = no_grad();
-            (x.matmul(&w_ih.transpose(0, 1)?)?, h.matmul(&w_hh.transpose(0, 1)?)?)
+            (
+                x.matmul(&w_ih.transpose(0, 1)?)?,
+                h.matmul(&w_hh.transpose(0, 1)?)?,
+            )
         };
         let cc = c.contiguous_untracked(OP)?;
         let bi = b_ih.map(|b| b.contiguous_untracked(OP)).transpose()?;
@@ -125,10 +135,18 @@ impl Tensor {
         let saved = vec![x.clone(), h.clone(), cc, w_ih.clone(), w_hh.clone(), gates];
         let mut outs = record_many(OP, &inputs, vec![h_out, c_out], saved, move |s, g| {
             let (x, h, c, w_ih, w_hh, gates) = (&s[0], &s[1], &s[2], &s[3], &s[4], &s[5]);
-            let dh = g[0].as_ref().map(|t| t.contiguous_untracked(OP)).transpose()?;
-            let dc = g[1].as_ref().map(|t| t.contiguous_untracked(OP)).transpose()?;
+            let dh = g[0]
+                .as_ref()
+                .map(|t| t.contiguous_untracked(OP))
+                .transpose()?;
+            let dc = g[1]
+                .as_ref()
+                .map(|t| t.contiguous_untracked(OP))
+                .transpose()?;
             let dgates = output(OP, gates, gates.shape(), gates.dtype())?;
-            let dc_prev = wants[2].then(|| output(OP, gates, &[batch, hd], gates.dtype())).transpose()?;
+            let dc_prev = wants[2]
+                .then(|| output(OP, gates, &[batch, hd], gates.dtype()))
+                .transpose()?;
             if !dgates.is_meta() {
                 with_float!(OP, gates.dtype(), |T| k::backward::<T>(
                     gates.data::<T>()?,
@@ -171,10 +189,21 @@ impl Tensor {
     ///
     /// Steps are views of the input (`unbind`); the per-step outputs are
     /// joined by one `concat`. See the module docs for the memory it keeps.
-    pub fn lstm(&self, p: &LstmParams, reverse: bool, state: Option<(&Tensor, &Tensor)>) -> Result<(Tensor, (Tensor, Tensor))> {
+    pub fn lstm(
+        &self,
+        p: &LstmParams,
+        reverse: bool,
+        state: Option<(&Tensor, &Tensor)>,
+    ) -> Result<(Tensor, (Tensor, Tensor))> {
         const OP: &str = "lstm";
         if self.rank() != 3 || self.dim(1) == 0 {
-            return Err(Error::shape(OP, format!("input {:?}: need a non-empty [B, T, in] (batch first)", self.shape())));
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "input {:?}: need a non-empty [B, T, in] (batch first)",
+                    self.shape()
+                ),
+            ));
         }
         let (batch, hd) = (self.dim(0), p.w_hh.shape().last().copied().unwrap_or(0));
         let (mut h, mut c) = match state {
@@ -186,9 +215,21 @@ impl Tensor {
         };
         let steps = self.unbind(1)?;
         let mut outs: Vec<Option<Tensor>> = vec![None; steps.len()];
-        let order: Vec<usize> = if reverse { (0..steps.len()).rev().collect() } else { (0..steps.len()).collect() };
+        let order: Vec<usize> = if reverse {
+            (0..steps.len()).rev().collect()
+        } else {
+            (0..steps.len()).collect()
+        };
         for t in order {
-            let (h2, c2) = Tensor::lstm_cell(&steps[t], &h, &c, &p.w_ih, &p.w_hh, p.b_ih.as_ref(), p.b_hh.as_ref())?;
+            let (h2, c2) = Tensor::lstm_cell(
+                &steps[t],
+                &h,
+                &c,
+                &p.w_ih,
+                &p.w_hh,
+                p.b_ih.as_ref(),
+                p.b_hh.as_ref(),
+            )?;
             outs[t] = Some(h2.unsqueeze(1)?);
             (h, c) = (h2, c2);
         }
@@ -213,7 +254,11 @@ impl Tensor {
             if t.rank() != 3 || t.dim(0) != 2 {
                 return Err(Error::shape(
                     "lstm_bidirectional",
-                    format!("initial state {:?} for input {:?}: need [2, B, H], direction first", t.shape(), self.shape()),
+                    format!(
+                        "initial state {:?} for input {:?}: need [2, B, H], direction first",
+                        t.shape(),
+                        self.shape()
+                    ),
                 ));
             }
             t.unbind(0)
@@ -221,7 +266,10 @@ impl Tensor {
         let (sf, sb) = match state {
             Some((h, c)) => {
                 let (hs, cs) = (split(h)?, split(c)?);
-                (Some((hs[0].clone(), cs[0].clone())), Some((hs[1].clone(), cs[1].clone())))
+                (
+                    Some((hs[0].clone(), cs[0].clone())),
+                    Some((hs[1].clone(), cs[1].clone())),
+                )
             }
             None => (None, None),
         };

@@ -32,7 +32,10 @@ fn geometry(
     }
     float_only(op, x)?;
     if kernel.contains(&0) || stride.contains(&0) {
-        return Err(Error::invalid(op, format!("kernel {kernel:?} and stride {stride:?} must be ≥ 1")));
+        return Err(Error::invalid(
+            op,
+            format!("kernel {kernel:?} and stride {stride:?} must be ≥ 1"),
+        ));
     }
     if padding.iter().zip(kernel).any(|(&p, &k)| 2 * p > k) {
         return Err(Error::invalid(
@@ -73,7 +76,12 @@ impl Tensor {
     ///
     /// Saves only the argmax: i32, one per output element, so
     /// `4 · numel(output)` bytes (the input is not kept).
-    pub fn max_pool(&self, kernel: &[usize], stride: &[usize], padding: &[usize]) -> Result<Tensor> {
+    pub fn max_pool(
+        &self,
+        kernel: &[usize],
+        stride: &[usize],
+        padding: &[usize],
+    ) -> Result<Tensor> {
         const OP: &str = "max_pool";
         let (g, shape) = geometry(OP, self, kernel, stride, padding)?;
         let x = self.contiguous_untracked(OP)?;
@@ -107,20 +115,33 @@ impl Tensor {
     /// (at most half the kernel) counted in the divisor: every window
     /// divides by the kernel volume (PyTorch's `count_include_pad = True`).
     /// Saves nothing.
-    pub fn avg_pool(&self, kernel: &[usize], stride: &[usize], padding: &[usize]) -> Result<Tensor> {
+    pub fn avg_pool(
+        &self,
+        kernel: &[usize],
+        stride: &[usize],
+        padding: &[usize],
+    ) -> Result<Tensor> {
         const OP: &str = "avg_pool";
         let (g, shape) = geometry(OP, self, kernel, stride, padding)?;
         let x = self.contiguous_untracked(OP)?;
         let out = output(OP, &x, &shape, x.dtype())?;
         if !out.is_meta() {
-            with_float!(OP, x.dtype(), |T| k::avg_pool::<T>(x.data::<T>()?, &g, out.data_mut::<T>()?));
+            with_float!(OP, x.dtype(), |T| k::avg_pool::<T>(
+                x.data::<T>()?,
+                &g,
+                out.data_mut::<T>()?
+            ));
         }
         let xshape = self.shape().to_vec();
         Ok(record(OP, &[self], out, vec![], move |_, gr| {
             let dy = gr[0].as_ref().expect("gradient").contiguous_untracked(OP)?;
             let dx = output(OP, &dy, &xshape, dy.dtype())?;
             if !dx.is_meta() {
-                with_float!(OP, dy.dtype(), |T| k::avg_pool_backward::<T>(dy.data::<T>()?, &g, dx.data_mut::<T>()?));
+                with_float!(OP, dy.dtype(), |T| k::avg_pool_backward::<T>(
+                    dy.data::<T>()?,
+                    &g,
+                    dx.data_mut::<T>()?
+                ));
             }
             Ok(vec![Some(dx)])
         }))

@@ -40,7 +40,11 @@ impl Tensor {
     /// `K + 1 + N` i32.
     pub fn vector_quantize(&self, codebook: &Tensor) -> Result<Quantized> {
         const OP: &str = "vector_quantize";
-        if self.rank() != 2 || codebook.rank() != 2 || codebook.dim(1) != self.dim(1) || codebook.dim(0) == 0 {
+        if self.rank() != 2
+            || codebook.rank() != 2
+            || codebook.dim(1) != self.dim(1)
+            || codebook.dim(0) == 0
+        {
             return Err(Error::shape(
                 OP,
                 format!(
@@ -77,56 +81,82 @@ impl Tensor {
         let count = (n * d).max(1) as f32;
         if !q.is_meta() {
             with_float!(OP, z.dtype(), |T| {
-                index::gather::<T>(cb.data::<T>()?, kk, d, idx.data::<i32>()?, q.data_mut::<T>()?);
-                let mse = (loss::pointwise_sum::<T>(z.data::<T>()?, q.data::<T>()?, |v| v * v) / count as f64) as f32;
+                index::gather::<T>(
+                    cb.data::<T>()?,
+                    kk,
+                    d,
+                    idx.data::<i32>()?,
+                    q.data_mut::<T>()?,
+                );
+                let mse = (loss::pointwise_sum::<T>(z.data::<T>()?, q.data::<T>()?, |v| v * v)
+                    / count as f64) as f32;
                 commit.data_mut::<T>()?[0] = T::from_f32(mse);
                 cbl.data_mut::<T>()?[0] = T::from_f32(mse);
             });
         }
-        let z_q = record("vq_straight_through", &[&z], q, vec![], |_, g| Ok(vec![g[0].clone()]));
-        let wants = [z.requires_grad_flag(), cb.requires_grad_flag()];
-        let mut losses = record_many(OP, &[&z, &cb], vec![commit, cbl], vec![z.clone(), cb.clone(), idx.clone()], move |s, g| {
-            let (z, cb, idx) = (&s[0], &s[1], &s[2]);
-            let dz = match (&g[0], wants[0]) {
-                (Some(gc), true) => {
-                    let dz = output(OP, z, z.shape(), z.dtype())?;
-                    if !dz.is_meta() {
-                        with_float!(OP, z.dtype(), |T| k::commitment_grad::<T>(
-                            z.data::<T>()?,
-                            cb.data::<T>()?,
-                            idx.data::<i32>()?,
-                            d,
-                            2.0 * gc.item()? / count,
-                            dz.data_mut::<T>()?
-                        ));
-                    }
-                    Some(dz)
-                }
-                _ => None,
-            };
-            let dcb = match (&g[1], wants[1]) {
-                (Some(gb), true) => {
-                    let dcb = output(OP, cb, cb.shape(), cb.dtype())?;
-                    let csr = Tensor::empty(cb.arena(), &[kk + 1 + n], DType::I32, Tag::Workspace, OP)?;
-                    if !dcb.is_meta() {
-                        with_float!(OP, z.dtype(), |T| k::codebook_grad::<T>(
-                            z.data::<T>()?,
-                            cb.data::<T>()?,
-                            idx.data::<i32>()?,
-                            d,
-                            2.0 * gb.item()? / count,
-                            csr.data_mut::<i32>()?,
-                            dcb.data_mut::<T>()?
-                        ));
-                    }
-                    Some(dcb)
-                }
-                _ => None,
-            };
-            Ok(vec![dz, dcb])
+        let z_q = record("vq_straight_through", &[&z], q, vec![], |_, g| {
+            Ok(vec![g[0].clone()])
         });
+        let wants = [z.requires_grad_flag(), cb.requires_grad_flag()];
+        let mut losses = record_many(
+            OP,
+            &[&z, &cb],
+            vec![commit, cbl],
+            vec![z.clone(), cb.clone(), idx.clone()],
+            move |s, g| {
+                let (z, cb, idx) = (&s[0], &s[1], &s[2]);
+                let dz = match (&g[0], wants[0]) {
+                    (Some(gc), true) => {
+                        let dz = output(OP, z, z.shape(), z.dtype())?;
+                        if !dz.is_meta() {
+                            with_float!(OP, z.dtype(), |T| k::commitment_grad::<T>(
+                                z.data::<T>()?,
+                                cb.data::<T>()?,
+                                idx.data::<i32>()?,
+                                d,
+                                2.0 * gc.item()? / count,
+                                dz.data_mut::<T>()?
+                            ));
+                        }
+                        Some(dz)
+                    }
+                    _ => None,
+                };
+                let dcb = match (&g[1], wants[1]) {
+                    (Some(gb), true) => {
+                        let dcb = output(OP, cb, cb.shape(), cb.dtype())?;
+                        let csr = Tensor::empty(
+                            cb.arena(),
+                            &[kk + 1 + n],
+                            DType::I32,
+                            Tag::Workspace,
+                            OP,
+                        )?;
+                        if !dcb.is_meta() {
+                            with_float!(OP, z.dtype(), |T| k::codebook_grad::<T>(
+                                z.data::<T>()?,
+                                cb.data::<T>()?,
+                                idx.data::<i32>()?,
+                                d,
+                                2.0 * gb.item()? / count,
+                                csr.data_mut::<i32>()?,
+                                dcb.data_mut::<T>()?
+                            ));
+                        }
+                        Some(dcb)
+                    }
+                    _ => None,
+                };
+                Ok(vec![dz, dcb])
+            },
+        );
         let codebook_loss = losses.pop().expect("two losses");
         let commitment_loss = losses.pop().expect("two losses");
-        Ok(Quantized { z_q, indices: idx, commitment_loss, codebook_loss })
+        Ok(Quantized {
+            z_q,
+            indices: idx,
+            commitment_loss,
+            codebook_loss,
+        })
     }
 }
