@@ -110,20 +110,18 @@ pub fn workspace(g: &Geom, pass: Pass, dtype: DType, limit: usize) -> (usize, us
     (tile, fixed + tile * per)
 }
 
-/// Index into one channel of `big` of kernel offset `r` at output position
-/// (od, oh, ow), or None in the padding.
+/// Kernel offset `r` (row-major over kd, kh, kw) as (a, b, e).
 #[inline(always)]
-fn source(g: &Geom, r: usize, pos: [usize; 3]) -> Option<usize> {
-    let kk = [r / (g.k[1] * g.k[2]), (r / g.k[2]) % g.k[1], r % g.k[2]];
-    let mut idx = 0;
-    for d in 0..3 {
-        let i = pos[d] * g.stride[d] + kk[d] * g.dil[d];
-        if i < g.pad[d] || i - g.pad[d] >= g.big[d] {
-            return None;
-        }
-        idx = idx * g.big[d] + (i - g.pad[d]);
-    }
-    Some(idx)
+fn offset3(g: &Geom, r: usize) -> [usize; 3] {
+    [r / (g.k[1] * g.k[2]), (r / g.k[2]) % g.k[1], r % g.k[2]]
+}
+
+/// Input coordinate along dim `d` of output coordinate `o` and kernel
+/// offset `a`, or None in the padding.
+#[inline(always)]
+fn coord(g: &Geom, d: usize, o: usize, a: usize) -> Option<usize> {
+    let i = o * g.stride[d] + a * g.dil[d];
+    (i >= g.pad[d] && i - g.pad[d] < g.big[d]).then(|| i - g.pad[d])
 }
 
 /// Output position p as (od, oh, ow).
@@ -133,9 +131,10 @@ fn decode(g: &Geom, p: usize) -> [usize; 3] {
     [p / hw, (p / w) % g.small[1], p % w]
 }
 
+/// Advance (od, oh, ow) by `run` positions along ow (not past the row end).
 #[inline(always)]
-fn step(g: &Geom, pos: &mut [usize; 3]) {
-    pos[2] += 1;
+fn advance(g: &Geom, pos: &mut [usize; 3], run: usize) {
+    pos[2] += run;
     if pos[2] == g.small[2] {
         pos[2] = 0;
         pos[1] += 1;
@@ -147,16 +146,46 @@ fn step(g: &Geom, pos: &mut [usize; 3]) {
 }
 
 /// `col[k, j] = big[c, in(p0 + j, k)]` (0 in the padding) for one sample,
-/// `col` `[K, n]`.
+/// `col` `[K, n]`. Each row walks the tile in runs along the output's last
+/// dim, with the in-bounds part of a run read in one strided pass.
 pub fn im2col<T: Float>(g: &Geom, x: &[T], p0: usize, n: usize, col: &mut [f32]) {
     let (kvol, blen) = (g.kvol(), g.big_len());
+    let (s2, wd) = (g.stride[2], g.big[2]);
     let row = |(k, out): (usize, &mut [f32])| {
-        let (c, r) = (k / kvol, k % kvol);
+        let (c, kk) = (k / kvol, offset3(g, k % kvol));
         let xc = &x[c * blen..(c + 1) * blen];
+        // Input column of output column ow is ow·s2 + shift − pad.
+        let shift = kk[2] * g.dil[2];
         let mut pos = decode(g, p0);
-        for o in out.iter_mut() {
-            *o = source(g, r, pos).map_or(0.0, |i| xc[i].to_f32());
-            step(g, &mut pos);
+        let mut j = 0;
+        while j < n {
+            let run = (g.small[2] - pos[2]).min(n - j);
+            let dst = &mut out[j..j + run];
+            match (coord(g, 0, pos[0], kk[0]), coord(g, 1, pos[1], kk[1])) {
+                (Some(id), Some(ih)) => {
+                    let base = (id * g.big[1] + ih) * wd;
+                    // Columns q of the run with pad ≤ (w0 + q)·s2 + shift < pad + W.
+                    let first = |lim: usize| {
+                        (lim.saturating_sub(shift))
+                            .div_ceil(s2)
+                            .saturating_sub(pos[2])
+                    };
+                    let lo = first(g.pad[2]).min(run);
+                    let hi = first(g.pad[2] + wd).clamp(lo, run);
+                    dst[..lo].fill(0.0);
+                    dst[hi..].fill(0.0);
+                    if lo < hi {
+                        let mut iw = (pos[2] + lo) * s2 + shift - g.pad[2];
+                        for o in &mut dst[lo..hi] {
+                            *o = xc[base + iw].to_f32();
+                            iw += s2;
+                        }
+                    }
+                }
+                _ => dst.fill(0.0),
+            }
+            advance(g, &mut pos, run);
+            j += run;
         }
     };
     let col = &mut col[..g.kdim() * n];
@@ -168,19 +197,35 @@ pub fn im2col<T: Float>(g: &Geom, x: &[T], p0: usize, n: usize, col: &mut [f32])
 }
 
 /// The adjoint of [`im2col`]: `acc[c, in(p0 + j, k)] += col[k, j]`, one
-/// channel per worker, adding in order of position, then kernel offset.
+/// channel per worker, adding in order of position, then kernel offset
+/// (the order that makes the sums independent of the tiling).
 pub fn col2im(g: &Geom, col: &[f32], p0: usize, n: usize, acc: &mut [f32]) {
     let (kvol, blen) = (g.kvol(), g.big_len());
     let chan = |(c, a): (usize, &mut [f32])| {
         let rows = &col[c * kvol * n..(c + 1) * kvol * n];
         let mut pos = decode(g, p0);
         for j in 0..n {
-            for r in 0..kvol {
-                if let Some(i) = source(g, r, pos) {
-                    a[i] += rows[r * n + j];
+            let mut r = 0;
+            for ka in 0..g.k[0] {
+                let Some(id) = coord(g, 0, pos[0], ka) else {
+                    r += g.k[1] * g.k[2];
+                    continue;
+                };
+                for kb in 0..g.k[1] {
+                    let Some(ih) = coord(g, 1, pos[1], kb) else {
+                        r += g.k[2];
+                        continue;
+                    };
+                    let base = (id * g.big[1] + ih) * g.big[2];
+                    for ke in 0..g.k[2] {
+                        if let Some(iw) = coord(g, 2, pos[2], ke) {
+                            a[base + iw] += rows[r * n + j];
+                        }
+                        r += 1;
+                    }
                 }
             }
-            step(g, &mut pos);
+            advance(g, &mut pos, 1);
         }
     };
     let acc = &mut acc[..g.c * blen];
