@@ -1516,7 +1516,7 @@ fn results_do_not_depend_on_thread_count() {
         };
         let (out, _) = seq.lstm(&lstm, true, None).unwrap();
         let logits = p(&[50, 8, 100], DType::F32);
-        let tg: Vec<i32> = (0..8 * 50).map(|i| 1 + (i * 13 % 99) as i32).collect();
+        let tg: Vec<i32> = (0..8 * 50).map(|i| 1 + i * 13 % 99).collect();
         let ctc = logits
             .log_softmax(-1)
             .unwrap()

@@ -127,6 +127,7 @@ pub fn backward_sums<T: Float>(
 /// `dx = rstd·w·(dy − mdy[c] − x̂·mdyx[c])`: in training `centre` holds
 /// (mdy, mdyx), the per-channel means of dy and dy·x̂; in evaluation it is
 /// None (the statistics are constants) and `dx = rstd·w·dy`.
+#[allow(clippy::too_many_arguments)]
 pub fn backward_dx<T: Float>(
     x: &[T],
     dy: &[T],

@@ -286,6 +286,7 @@ fn small_tile<'a, T: Float>(
 /// `small[b] = W·col(big[b]) (+ bias[o])` for every sample. `big`
 /// `[B, C, ·]`, `w` `[O, K]`, `small` `[B, O, P]`; `ws` holds the elements
 /// [`workspace`] gives for [`Pass::Forward`] and `tile`.
+#[allow(clippy::too_many_arguments)]
 pub fn forward<T: Float>(
     g: &Geom,
     batch: usize,
@@ -360,6 +361,7 @@ pub fn forward<T: Float>(
 
 /// `big[b] = col2im(Wᵀ·small[b]) (+ bias[c])` for every sample; `ws` holds
 /// the elements [`workspace`] gives for [`Pass::Adjoint`] and `tile`.
+#[allow(clippy::too_many_arguments)]
 pub fn adjoint<T: Float>(
     g: &Geom,
     batch: usize,

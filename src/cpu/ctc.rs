@@ -33,7 +33,7 @@ impl Problem<'_> {
     }
     #[inline]
     fn label(&self, b: usize, s: usize) -> usize {
-        if s % 2 == 0 {
+        if s.is_multiple_of(2) {
             self.blank
         } else {
             self.targets[b * self.s_max + s / 2] as usize

@@ -34,7 +34,8 @@ pub fn forward<T: Float>(
     if h4 == 0 {
         return;
     }
-    let row = |(r, ((gr, ho), co)): (usize, ((&mut [T], &mut [T]), &mut [T]))| {
+    type Rows<'a, T> = (usize, ((&'a mut [T], &'a mut [T]), &'a mut [T]));
+    let row = |(r, ((gr, ho), co)): Rows<T>| {
         let ghr = &gh[r * h4..(r + 1) * h4];
         let cr = &c[r * hidden..(r + 1) * hidden];
         let pre = |q: usize, j: usize, gr: &[T]| {
