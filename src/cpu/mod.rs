@@ -4,14 +4,20 @@
 //! results do not depend on the thread count.
 
 pub mod attention;
+pub mod batch_norm;
+pub mod conv;
+pub mod ctc;
 pub mod dropout;
 pub mod elementwise;
 pub mod index;
 pub mod loss;
+pub mod lstm;
 pub mod matmul;
 pub mod norm;
 pub mod optim;
+pub mod pool;
 pub mod reduce;
+pub mod vq;
 
 /// Elements below which a kernel stays on the calling thread: splitting
 /// costs more than it saves.

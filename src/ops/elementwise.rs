@@ -300,7 +300,7 @@ pub(crate) fn add_into(acc: &Tensor, x: &Tensor) -> Result<()> {
     if acc.shape() != x.shape() {
         return Err(crate::error::Error::shape("add_into", format!("{:?} += {:?}", acc.shape(), x.shape())));
     }
-    // The dense copy comes first so the meta device allocates it too.
+    // Before the meta check: a strided x costs a dense copy on every device.
     let x = x.contiguous_untracked("add_into")?;
     if acc.is_meta() {
         return Ok(());
@@ -315,13 +315,11 @@ pub(crate) fn add_into(acc: &Tensor, x: &Tensor) -> Result<()> {
 /// A dense copy with its own storage under `tag`, no autograd.
 pub(crate) fn copy(x: &Tensor, tag: Tag) -> Result<Tensor> {
     let out = Tensor::empty(x.arena(), x.shape(), x.dtype(), tag, "copy")?;
-    let x = x.contiguous_untracked("copy")?; // on meta too: the same blocks
     if !out.is_meta() {
-        let n = x.nbytes();
-        unsafe {
-            let src = (x.storage().block().as_ptr()).add(x.offset() * x.dtype().size());
-            std::ptr::copy_nonoverlapping(src, out.storage().block().as_ptr(), n);
-        }
+        // Straight from a strided view: no intermediate dense copy (which the
+        // meta device would not make).
+        let strides = out.strides().to_vec();
+        unsafe { super::copy_strided(x, out.storage().block().as_ptr(), &strides, 0) };
     }
     Ok(out)
 }

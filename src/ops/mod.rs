@@ -5,20 +5,31 @@
 //! backward on the tape with the tensors it saves.
 
 mod attention;
+mod bahdanau;
+mod batch_norm;
+mod conv;
+mod ctc;
 mod dropout;
 mod elementwise;
 mod embedding;
 mod index;
 mod loss;
+mod lstm;
 mod matmul;
 mod norm;
+mod pool;
 mod reduce;
 mod shape;
+mod vq;
 
 pub use attention::{attention, AttentionKind, AttentionOptions};
+pub use bahdanau::BahdanauWeights;
+pub use conv::{conv_workspace_limit, set_conv_workspace_limit, DEFAULT_CONV_WORKSPACE_LIMIT};
 pub(crate) use elementwise::{add_into, copy};
+pub use lstm::LstmParams;
 pub use shape::broadcast_shapes;
 pub(crate) use shape::copy_strided;
+pub use vq::Quantized;
 
 use crate::alloc::Tag;
 use crate::error::{Error, Result};

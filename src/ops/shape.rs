@@ -3,7 +3,7 @@
 //! the gradient back to the input's layout.
 
 use super::output;
-use crate::autograd::record;
+use crate::autograd::{record, record_many};
 use crate::error::{Error, Result};
 use crate::tensor::{contiguous_strides, StridedIter, Tensor};
 
@@ -161,6 +161,32 @@ impl Tensor {
         let mut shape = self.shape().to_vec();
         shape.remove(d);
         self.reshape(&shape)
+    }
+
+    /// Views of each index of `dim`, with that dimension removed (no copy).
+    /// One tape node covers all of them, so the backward builds the input's
+    /// gradient once: stepping through a `[B, T, ..]` sequence this way
+    /// costs one `[B, T, ..]` gradient, where T `slice`s would cost T.
+    pub fn unbind(&self, dim: isize) -> Result<Vec<Tensor>> {
+        let d = self.check_axis("unbind", dim)?;
+        let (mut shape, mut strides) = (self.shape().to_vec(), self.strides().to_vec());
+        let (n, step) = (shape.remove(d), strides.remove(d));
+        let outs = (0..n).map(|i| self.restride(shape.clone(), strides.clone(), self.offset() + i * step)).collect();
+        let orig = self.shape().to_vec();
+        Ok(record_many("unbind", &[self], outs, vec![], move |_, g| {
+            let Some(first) = g.iter().flatten().next() else { return Ok(vec![None]) };
+            let dx = Tensor::zeros(first.arena(), &orig, first.dtype(), crate::alloc::Tag::Temporary)?;
+            if !dx.is_meta() {
+                let mut sub = dx.strides().to_vec();
+                let step = sub.remove(d);
+                for (i, gi) in g.iter().enumerate() {
+                    if let Some(gi) = gi {
+                        unsafe { copy_strided(gi, dx.storage().block().as_ptr(), &sub, i * step) };
+                    }
+                }
+            }
+            Ok(vec![Some(dx)])
+        }))
     }
 
     /// Dense copy with its own storage (tracked).

@@ -1,0 +1,250 @@
+//! LSTM with PyTorch's layouts: a fused cell (`lstm_cell`), a layer that
+//! loops it over time (`lstm`), and a bidirectional layer
+//! (`lstm_bidirectional`). Weights `w_ih` `[4H, in]`, `w_hh` `[4H, H]`,
+//! biases `b_ih`, `b_hh` `[4H]` (both added), gates in order i, f, g, o.
+//!
+//! Memory: each cell saves its activated gates `[B, 4H]` (new bytes), and
+//! keeps alive the previous `h` and `c` `[B, H]` and its input `x_t` (a view
+//! of the layer's input, so no new bytes). Over a sequence of T steps the
+//! tape therefore holds `T·B·6H` elements of the compute dtype (gates,
+//! plus every step's h and c), beyond the input; that, not the weights, is
+//! what makes long LSTMs expensive.
+
+use super::{float_only, output, same_arena, same_dtype};
+use crate::alloc::Tag;
+use crate::autograd::{no_grad, record_many};
+use crate::cpu::lstm::{self as k, Biases};
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+use crate::with_float;
+
+/// One direction's weights (PyTorch's `weight_ih_l0`, `weight_hh_l0`,
+/// `bias_ih_l0`, `bias_hh_l0`, or the `_reverse` set).
+#[derive(Clone, Debug)]
+pub struct LstmParams {
+    pub w_ih: Tensor,
+    pub w_hh: Tensor,
+    pub b_ih: Option<Tensor>,
+    pub b_hh: Option<Tensor>,
+}
+
+impl LstmParams {
+    /// The same weights stored as `dtype` (free when they already are).
+    pub fn to_dtype(&self, dtype: crate::tensor::DType) -> Result<LstmParams> {
+        let cast = |t: &Option<Tensor>| t.as_ref().map(|t| t.to_dtype(dtype)).transpose();
+        Ok(LstmParams {
+            w_ih: self.w_ih.to_dtype(dtype)?,
+            w_hh: self.w_hh.to_dtype(dtype)?,
+            b_ih: cast(&self.b_ih)?,
+            b_hh: cast(&self.b_hh)?,
+        })
+    }
+}
+
+impl Tensor {
+    /// One LSTM step: `x` `[B, in]`, state `h`, `c` `[B, H]` → `(h', c')`.
+    /// Any of the inputs may be strided views (a time step of a sequence is).
+    ///
+    /// Recorded as one node with two outputs. It saves `x`, `h`, `c`, the
+    /// two weights, and the activated gates `[B, 4H]` — the only bytes it
+    /// adds to the tape (`4·B·H·size`); tanh(c') is recomputed in backward.
+    #[allow(clippy::too_many_arguments)]
+    pub fn lstm_cell(
+        x: &Tensor,
+        h: &Tensor,
+        c: &Tensor,
+        w_ih: &Tensor,
+        w_hh: &Tensor,
+        b_ih: Option<&Tensor>,
+        b_hh: Option<&Tensor>,
+    ) -> Result<(Tensor, Tensor)> {
+        const OP: &str = "lstm_cell";
+        let hd = w_hh.shape().last().copied().unwrap_or(0);
+        let fine = x.rank() == 2
+            && w_ih.rank() == 2
+            && w_hh.rank() == 2
+            && w_ih.dim(0) == 4 * hd
+            && w_hh.dim(0) == 4 * hd
+            && w_ih.dim(1) == x.dim(1)
+            && h.shape() == [x.dim(0), hd]
+            && c.shape() == [x.dim(0), hd];
+        if !fine {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "x {:?}, h {:?}, c {:?}, w_ih {:?}, w_hh {:?}: need x [B, in], h and c [B, H], w_ih [4H, in], w_hh [4H, H]",
+                    x.shape(),
+                    h.shape(),
+                    c.shape(),
+                    w_ih.shape(),
+                    w_hh.shape()
+                ),
+            ));
+        }
+        float_only(OP, x)?;
+        for t in [h, c, w_ih, w_hh].into_iter().chain(b_ih).chain(b_hh) {
+            same_dtype(OP, x, t)?;
+            same_arena(OP, &[x, t])?;
+        }
+        for (name, b) in [("b_ih", b_ih), ("b_hh", b_hh)] {
+            if let Some(b) = b {
+                if b.shape() != [4 * hd] {
+                    return Err(Error::shape(
+                        OP,
+                        format!("{name} {:?} for hidden size {hd}: need [{}]", b.shape(), 4 * hd),
+                    ));
+                }
+            }
+        }
+        let batch = x.dim(0);
+        let (gates, gh) = {
+            let _g = no_grad();
+            (x.matmul(&w_ih.transpose(0, 1)?)?, h.matmul(&w_hh.transpose(0, 1)?)?)
+        };
+        let cc = c.contiguous_untracked(OP)?;
+        let bi = b_ih.map(|b| b.contiguous_untracked(OP)).transpose()?;
+        let bh = b_hh.map(|b| b.contiguous_untracked(OP)).transpose()?;
+        let h_out = output(OP, x, &[batch, hd], x.dtype())?;
+        let c_out = output(OP, x, &[batch, hd], x.dtype())?;
+        if !h_out.is_meta() {
+            with_float!(OP, x.dtype(), |T| k::forward::<T>(
+                gates.data_mut::<T>()?,
+                gh.data::<T>()?,
+                Biases {
+                    ih: bi.as_ref().map(|b| b.data::<T>()).transpose()?,
+                    hh: bh.as_ref().map(|b| b.data::<T>()).transpose()?,
+                },
+                cc.data::<T>()?,
+                hd,
+                h_out.data_mut::<T>()?,
+                c_out.data_mut::<T>()?
+            ));
+        }
+        drop(gh);
+        let mut inputs = vec![x, h, c, w_ih, w_hh];
+        inputs.extend(b_ih.into_iter().chain(b_hh));
+        let wants: Vec<bool> = inputs.iter().map(|t| t.requires_grad_flag()).collect();
+        let nb = [b_ih.is_some(), b_hh.is_some()];
+        let saved = vec![x.clone(), h.clone(), cc, w_ih.clone(), w_hh.clone(), gates];
+        let mut outs = record_many(OP, &inputs, vec![h_out, c_out], saved, move |s, g| {
+            let (x, h, c, w_ih, w_hh, gates) = (&s[0], &s[1], &s[2], &s[3], &s[4], &s[5]);
+            let dh = g[0].as_ref().map(|t| t.contiguous_untracked(OP)).transpose()?;
+            let dc = g[1].as_ref().map(|t| t.contiguous_untracked(OP)).transpose()?;
+            let dgates = output(OP, gates, gates.shape(), gates.dtype())?;
+            let dc_prev = wants[2].then(|| output(OP, gates, &[batch, hd], gates.dtype())).transpose()?;
+            if !dgates.is_meta() {
+                with_float!(OP, gates.dtype(), |T| k::backward::<T>(
+                    gates.data::<T>()?,
+                    c.data::<T>()?,
+                    dh.as_ref().map(|t| t.data::<T>()).transpose()?,
+                    dc.as_ref().map(|t| t.data::<T>()).transpose()?,
+                    hd,
+                    dgates.data_mut::<T>()?,
+                    dc_prev.as_ref().map(|t| t.data_mut::<T>()).transpose()?
+                ));
+            }
+            drop((dh, dc));
+            let dgt = dgates.transpose(0, 1)?;
+            let mut grads = vec![
+                wants[0].then(|| dgates.matmul(w_ih)).transpose()?,
+                wants[1].then(|| dgates.matmul(w_hh)).transpose()?,
+                dc_prev,
+                wants[3].then(|| dgt.matmul(x)).transpose()?,
+                wants[4].then(|| dgt.matmul(h)).transpose()?,
+            ];
+            let bias_wanted = wants[5..].iter().any(|&w| w);
+            let db = bias_wanted.then(|| dgates.sum(&[0], false)).transpose()?;
+            let mut at = 5;
+            for present in nb {
+                if present {
+                    grads.push(if wants[at] { db.clone() } else { None });
+                    at += 1;
+                }
+            }
+            Ok(grads)
+        });
+        let c_new = outs.pop().expect("two outputs");
+        Ok((outs.pop().expect("two outputs"), c_new))
+    }
+
+    /// One LSTM layer over `[B, T, in]` (batch first): the cell looped over
+    /// time, backwards when `reverse`, from `state` = (h0, c0) `[B, H]` or
+    /// zeros. Returns the hidden state of every step `[B, T, H]` (in input
+    /// order, also when reversed) and the final (h, c).
+    ///
+    /// Steps are views of the input (`unbind`); the per-step outputs are
+    /// joined by one `concat`. See the module docs for the memory it keeps.
+    pub fn lstm(
+        &self,
+        p: &LstmParams,
+        reverse: bool,
+        state: Option<(&Tensor, &Tensor)>,
+    ) -> Result<(Tensor, (Tensor, Tensor))> {
+        const OP: &str = "lstm";
+        if self.rank() != 3 || self.dim(1) == 0 {
+            return Err(Error::shape(
+                OP,
+                format!("input {:?}: need a non-empty [B, T, in] (batch first)", self.shape()),
+            ));
+        }
+        let (batch, hd) = (self.dim(0), p.w_hh.shape().last().copied().unwrap_or(0));
+        let (mut h, mut c) = match state {
+            Some((h, c)) => (h.clone(), c.clone()),
+            None => {
+                let z = Tensor::zeros(self.arena(), &[batch, hd], self.dtype(), Tag::Temporary)?;
+                (z.clone(), z)
+            }
+        };
+        let steps = self.unbind(1)?;
+        let mut outs: Vec<Option<Tensor>> = vec![None; steps.len()];
+        let order: Vec<usize> = if reverse { (0..steps.len()).rev().collect() } else { (0..steps.len()).collect() };
+        for t in order {
+            let (h2, c2) = Tensor::lstm_cell(&steps[t], &h, &c, &p.w_ih, &p.w_hh, p.b_ih.as_ref(), p.b_hh.as_ref())?;
+            outs[t] = Some(h2.unsqueeze(1)?);
+            (h, c) = (h2, c2);
+        }
+        drop(steps);
+        let outs: Vec<Tensor> = outs.into_iter().flatten().collect();
+        let out = Tensor::concat(&outs.iter().collect::<Vec<_>>(), 1)?;
+        Ok((out, (h, c)))
+    }
+
+    /// A bidirectional LSTM layer over `[B, T, in]`: `fwd` runs forward in
+    /// time, `bwd` backward, and their outputs are joined on the feature
+    /// dim: `[B, T, 2H]` (forward first, as PyTorch). `state` = (h0, c0)
+    /// `[2, B, H]` (direction first) or zeros; returns the final
+    /// (h_n, c_n) `[2, B, H]`.
+    pub fn lstm_bidirectional(
+        &self,
+        fwd: &LstmParams,
+        bwd: &LstmParams,
+        state: Option<(&Tensor, &Tensor)>,
+    ) -> Result<(Tensor, (Tensor, Tensor))> {
+        let split = |t: &Tensor| -> Result<Vec<Tensor>> {
+            if t.rank() != 3 || t.dim(0) != 2 {
+                return Err(Error::shape(
+                    "lstm_bidirectional",
+                    format!(
+                        "initial state {:?} for input {:?}: need [2, B, H], direction first",
+                        t.shape(),
+                        self.shape()
+                    ),
+                ));
+            }
+            t.unbind(0)
+        };
+        let (sf, sb) = match state {
+            Some((h, c)) => {
+                let (hs, cs) = (split(h)?, split(c)?);
+                (Some((hs[0].clone(), cs[0].clone())), Some((hs[1].clone(), cs[1].clone())))
+            }
+            None => (None, None),
+        };
+        let (of, (hf, cf)) = self.lstm(fwd, false, sf.as_ref().map(|(h, c)| (h, c)))?;
+        let (ob, (hb, cb)) = self.lstm(bwd, true, sb.as_ref().map(|(h, c)| (h, c)))?;
+        let out = Tensor::concat(&[&of, &ob], 2)?;
+        let h_n = Tensor::concat(&[&hf.unsqueeze(0)?, &hb.unsqueeze(0)?], 0)?;
+        let c_n = Tensor::concat(&[&cf.unsqueeze(0)?, &cb.unsqueeze(0)?], 0)?;
+        Ok((out, (h_n, c_n)))
+    }
+}
