@@ -3,8 +3,10 @@
 use clap::{Parser, Subcommand};
 use headroom::alloc::{fmt_bytes, parse_bytes, Arena, ArenaConfig, Tag};
 use headroom::bench;
+use headroom::model::ModelConfig;
 use headroom::ops::AttentionKind;
 use headroom::plan;
+use headroom::preset;
 use headroom::train::{train, Precision, Recompute, TrainConfig};
 use std::process::ExitCode;
 
@@ -17,8 +19,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Train the default model (a small transformer) on the embedded
-    /// spoken-digits data and report loss, held-out accuracy and memory.
+    /// Train a preset (default: a small transformer on the embedded
+    /// spoken-digits data) and report loss, the held-out metric and memory.
     Train(TrainArgs),
     /// Predict a `train` configuration's peak memory, by tag and op, without
     /// running it (same flags as train).
@@ -26,6 +28,16 @@ enum Command {
     /// List the configurations (micro-batch × accumulation, precision,
     /// recompute) that fit --budget, cheapest first (same flags as train).
     Fit(TrainArgs),
+    /// List the presets with their parameter counts.
+    Presets {
+        /// One JSON array of objects (name, parameters, about, …).
+        #[arg(long)]
+        json: bool,
+        /// Plan every full preset at f32 and fit it under 2 GiB, and train
+        /// every tiny one for real: the README's table (takes a minute).
+        #[arg(long)]
+        table: bool,
+    },
     /// Show the allocator at work on a recorded-shaped training step, then
     /// hit the budget on purpose.
     AllocDemo {
@@ -64,6 +76,7 @@ fn main() -> ExitCode {
         Command::Train(args) => run_train(args),
         Command::Plan(args) => run_plan(args),
         Command::Fit(args) => run_fit(args),
+        Command::Presets { json, table } => presets(json, table),
         Command::AllocDemo { budget } => alloc_demo(budget),
         Command::Bench { kernels, list, min_time, json, threads, clock_mhz } => {
             if list {
@@ -120,22 +133,25 @@ fn alloc_demo(budget: usize) -> Result<(), Box<dyn std::error::Error>> {
 
 #[derive(clap::Args)]
 struct TrainArgs {
-    /// Model and data: `digits` (the embedded spoken-digits classifier).
+    /// Model and data (`headroom presets` lists them): `digits` is the
+    /// embedded spoken-digits classifier; the others train on synthetic data.
     #[arg(long, default_value = "digits")]
     preset: String,
     /// Optimizer steps (default: --epochs full passes over the data).
     #[arg(long)]
     steps: Option<usize>,
-    #[arg(long, default_value_t = 8)]
-    epochs: usize,
-    /// Samples per micro-batch.
-    #[arg(long, default_value_t = 32)]
-    batch: usize,
+    /// Full passes over the data (default: the preset's, 8 for digits, 1 otherwise).
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Samples per micro-batch (default: the preset's).
+    #[arg(long)]
+    batch: Option<usize>,
     /// Micro-batches accumulated per optimizer step (effective batch = batch × accum).
     #[arg(long, default_value_t = 1)]
     accum: usize,
-    #[arg(long, default_value_t = 2e-3)]
-    lr: f32,
+    /// Learning rate (default: the preset's).
+    #[arg(long)]
+    lr: Option<f32>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Worker threads for kernels (default: all cores).
@@ -153,12 +169,12 @@ struct TrainArgs {
     /// Attention kernel: fused (memory linear in sequence length) or naive.
     #[arg(long, default_value = "fused", value_parser = parse_attention)]
     attention: AttentionKind,
-    /// Transformer blocks.
-    #[arg(long, default_value_t = 2)]
-    layers: usize,
-    /// Model width.
-    #[arg(long, default_value_t = 64)]
-    dim: usize,
+    /// digits only: transformer blocks (default 2).
+    #[arg(long)]
+    layers: Option<usize>,
+    /// digits only: model width (default 64; the MLP is twice as wide).
+    #[arg(long)]
+    dim: Option<usize>,
     /// Evaluate on the held-out speakers every N steps (0: only at the end).
     #[arg(long, default_value_t = 0)]
     eval_every: usize,
@@ -197,13 +213,22 @@ fn set_threads(threads: Option<usize>) -> Result<(), Box<dyn std::error::Error>>
 
 impl TrainArgs {
     fn config(&self) -> Result<TrainConfig, Box<dyn std::error::Error>> {
-        if self.preset != "digits" {
-            return Err(format!("unknown preset `{}`; available: digits", self.preset).into());
+        let base = TrainConfig::preset(&self.preset)?;
+        let mut model = base.model.clone();
+        if self.layers.is_some() || self.dim.is_some() {
+            let ModelConfig::Digits(c) = &mut model else {
+                return Err(format!("--layers and --dim size the digits classifier; preset `{}` has its own sizes (its -tiny variant is small)", self.preset).into());
+            };
+            c.layers = self.layers.unwrap_or(c.layers);
+            c.dim = self.dim.unwrap_or(c.dim);
+            c.hidden = 2 * c.dim;
         }
         Ok(TrainConfig {
+            model,
             steps: self.steps,
-            epochs: self.epochs,
-            batch: self.batch,
+            epochs: self.epochs.unwrap_or(base.epochs),
+            batch: self.batch.unwrap_or(base.batch),
+            lr: self.lr.unwrap_or(base.lr),
             accum: self.accum,
             precision: self.precision,
             recompute: self.recompute.clone(),
@@ -211,13 +236,10 @@ impl TrainArgs {
             checkpoint_dir: self.checkpoint_dir.clone(),
             checkpoint_every: self.checkpoint_every,
             resume: self.resume,
-            lr: self.lr,
             seed: self.seed,
             budget: self.budget,
-            layers: self.layers,
-            dim: self.dim,
             eval_every: self.eval_every,
-            ..TrainConfig::default()
+            ..base
         })
     }
 }
@@ -287,6 +309,39 @@ fn run_fit(a: TrainArgs) -> Result<(), Box<dyn std::error::Error>> {
             c.relative_cost,
             c.trades
         );
+    }
+    Ok(())
+}
+
+fn presets(json: bool, table: bool) -> Result<(), Box<dyn std::error::Error>> {
+    if table {
+        print!("{}", plan::preset_table()?);
+        return Ok(());
+    }
+    let list = preset::presets();
+    let mut rows = Vec::new();
+    for p in &list {
+        rows.push((p, preset::parameter_count(&p.model)?));
+    }
+    if json {
+        let objs: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|(p, n)| {
+                serde_json::json!({
+                    "name": p.name, "parameters": n, "about": p.about, "failure": p.failure,
+                    "batch": p.batch, "model": p.model,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string(&objs)?);
+        return Ok(());
+    }
+    println!("{:<14} {:>12}  about", "preset", "parameters");
+    for (p, n) in rows {
+        println!("{:<14} {:>12}  {}", p.name, n, p.about);
+        if !p.failure.is_empty() {
+            println!("{:<14} {:>12}  failed elsewhere: {}", "", "", p.failure);
+        }
     }
     Ok(())
 }

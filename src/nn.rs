@@ -8,7 +8,7 @@
 
 use crate::alloc::{Arena, Tag};
 use crate::error::{Error, Result};
-use crate::ops::{attention, AttentionKind, AttentionOptions};
+use crate::ops::{attention, AttentionKind, AttentionOptions, BahdanauWeights, LstmParams};
 use crate::rng::Rng;
 use crate::tensor::{DType, Tensor};
 
@@ -103,6 +103,8 @@ pub struct SelfAttention {
     pub out: Linear,
     pub heads: usize,
     pub kind: AttentionKind,
+    /// Query i sees keys j ≤ i (a decoder).
+    pub causal: bool,
 }
 
 impl SelfAttention {
@@ -115,6 +117,7 @@ impl SelfAttention {
             out: Linear::new(arena, dim, dim, true, rng)?,
             heads,
             kind: AttentionKind::default(),
+            causal: false,
         })
     }
 
@@ -130,7 +133,12 @@ impl SelfAttention {
         let qkv = self.qkv.forward(x)?.reshape(&[b, t, 3, h, hd])?.permute(&[2, 0, 3, 1, 4])?;
         let (q, k, v) =
             (qkv.slice(0, 0, 1)?.squeeze(0)?, qkv.slice(0, 1, 2)?.squeeze(0)?, qkv.slice(0, 2, 3)?.squeeze(0)?);
-        let opts = AttentionOptions { key_padding: key_padding.cloned(), kind: self.kind, ..Default::default() };
+        let opts = AttentionOptions {
+            key_padding: key_padding.cloned(),
+            kind: self.kind,
+            causal: self.causal,
+            ..Default::default()
+        };
         let y = attention(&q, &k, &v, &opts)?; // [B, H, T, hd]
         let y = y.permute(&[0, 2, 1, 3])?.reshape(&[b, t, d])?;
         self.out.forward(&y)
@@ -201,5 +209,302 @@ impl Block {
         self.attn.params(&format!("{prefix}attn."), out);
         self.ln2.params(&format!("{prefix}ln2."), out);
         self.mlp.params(&format!("{prefix}mlp."), out);
+    }
+}
+
+/// Rows of a `[V, D]` table picked by i32 ids.
+#[derive(Clone)]
+pub struct Embedding {
+    pub weight: Tensor,
+}
+
+impl Embedding {
+    /// PyTorch's default initialisation: N(0, 1).
+    pub fn new(arena: &Arena, vocab: usize, dim: usize, rng: &mut Rng) -> Result<Embedding> {
+        Ok(Embedding {
+            weight: Tensor::randn(arena, &[vocab, dim], 1.0, DType::F32, Tag::Parameter, rng)?.requires_grad(),
+        })
+    }
+    /// `ids` (i32, any shape) → `[..ids, D]` in `dtype`.
+    pub fn forward(&self, ids: &Tensor, dtype: DType) -> Result<Tensor> {
+        self.weight.to_dtype(dtype)?.embedding(ids)
+    }
+    pub fn params(&self, prefix: &str, out: &mut Params) {
+        out.push((format!("{prefix}weight"), self.weight.clone()));
+    }
+}
+
+/// Multi-head attention of queries `[B, Tq, D]` over a memory `[B, Tk, D]`
+/// (an encoder's output): the decoder's cross-attention.
+#[derive(Clone)]
+pub struct CrossAttention {
+    pub q: Linear,
+    pub kv: Linear,
+    pub out: Linear,
+    pub heads: usize,
+    pub kind: AttentionKind,
+}
+
+impl CrossAttention {
+    pub fn new(arena: &Arena, dim: usize, heads: usize, rng: &mut Rng) -> Result<CrossAttention> {
+        if heads == 0 || dim % heads != 0 {
+            return Err(Error::invalid("attention", format!("model width {dim} does not split into {heads} heads")));
+        }
+        Ok(CrossAttention {
+            q: Linear::new(arena, dim, dim, true, rng)?,
+            kv: Linear::new(arena, dim, 2 * dim, true, rng)?,
+            out: Linear::new(arena, dim, dim, true, rng)?,
+            heads,
+            kind: AttentionKind::default(),
+        })
+    }
+
+    /// `memory_padding` (u8 `[B, Tk]`, 1 = padded) hides padded memory rows.
+    pub fn forward(&self, x: &Tensor, memory: &Tensor, memory_padding: Option<&Tensor>) -> Result<Tensor> {
+        if x.rank() != 3 || memory.rank() != 3 || x.dim(0) != memory.dim(0) || x.dim(2) != memory.dim(2) {
+            return Err(Error::shape(
+                "cross_attention",
+                format!("queries {:?} and memory {:?}: need [B, Tq, D] and [B, Tk, D]", x.shape(), memory.shape()),
+            ));
+        }
+        let (b, tq, d, tk) = (x.dim(0), x.dim(1), x.dim(2), memory.dim(1));
+        let (h, hd) = (self.heads, d / self.heads);
+        let q = self.q.forward(x)?.reshape(&[b, tq, h, hd])?.permute(&[0, 2, 1, 3])?;
+        let kv = self.kv.forward(memory)?.reshape(&[b, tk, 2, h, hd])?.permute(&[2, 0, 3, 1, 4])?;
+        let (k, v) = (kv.slice(0, 0, 1)?.squeeze(0)?, kv.slice(0, 1, 2)?.squeeze(0)?);
+        let opts = AttentionOptions { key_padding: memory_padding.cloned(), kind: self.kind, ..Default::default() };
+        let y = attention(&q, &k, &v, &opts)?.permute(&[0, 2, 1, 3])?.reshape(&[b, tq, d])?;
+        self.out.forward(&y)
+    }
+
+    pub fn params(&self, prefix: &str, out: &mut Params) {
+        self.q.params(&format!("{prefix}q."), out);
+        self.kv.params(&format!("{prefix}kv."), out);
+        self.out.params(&format!("{prefix}out."), out);
+    }
+}
+
+/// A pre-norm transformer decoder block: causal self-attention,
+/// cross-attention over the encoder's memory, MLP.
+#[derive(Clone)]
+pub struct DecoderBlock {
+    pub ln1: LayerNorm,
+    pub attn: SelfAttention,
+    pub ln2: LayerNorm,
+    pub cross: CrossAttention,
+    pub ln3: LayerNorm,
+    pub mlp: Mlp,
+    pub dropout: f32,
+}
+
+impl DecoderBlock {
+    pub fn new(
+        arena: &Arena,
+        dim: usize,
+        heads: usize,
+        hidden: usize,
+        dropout: f32,
+        rng: &mut Rng,
+    ) -> Result<DecoderBlock> {
+        let mut attn = SelfAttention::new(arena, dim, heads, rng)?;
+        attn.causal = true;
+        Ok(DecoderBlock {
+            ln1: LayerNorm::new(arena, dim)?,
+            attn,
+            ln2: LayerNorm::new(arena, dim)?,
+            cross: CrossAttention::new(arena, dim, heads, rng)?,
+            ln3: LayerNorm::new(arena, dim)?,
+            mlp: Mlp::new(arena, dim, hidden, rng)?,
+            dropout,
+        })
+    }
+
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        memory: &Tensor,
+        memory_padding: Option<&Tensor>,
+        rng: Option<&mut Rng>,
+    ) -> Result<Tensor> {
+        let mut rng = rng;
+        let mut drop = |t: Tensor| -> Result<Tensor> {
+            match rng.as_deref_mut() {
+                Some(r) if self.dropout > 0.0 => t.dropout(self.dropout, r),
+                _ => Ok(t),
+            }
+        };
+        let x = x.add(&drop(self.attn.forward(&self.ln1.forward(x)?, None)?)?)?;
+        let x = x.add(&drop(self.cross.forward(&self.ln2.forward(&x)?, memory, memory_padding)?)?)?;
+        x.add(&drop(self.mlp.forward(&self.ln3.forward(&x)?)?)?)
+    }
+
+    pub fn params(&self, prefix: &str, out: &mut Params) {
+        self.ln1.params(&format!("{prefix}ln1."), out);
+        self.attn.params(&format!("{prefix}attn."), out);
+        self.ln2.params(&format!("{prefix}ln2."), out);
+        self.cross.params(&format!("{prefix}cross."), out);
+        self.ln3.params(&format!("{prefix}ln3."), out);
+        self.mlp.params(&format!("{prefix}mlp."), out);
+    }
+}
+
+/// Which convolution a [`Conv`] layer runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvKind {
+    Conv2d,
+    Conv3d,
+    /// Weight `[in, out, kh, kw]`, as PyTorch's `ConvTranspose2d`.
+    Transpose2d,
+}
+
+/// A convolution with PyTorch's layouts and default initialisation
+/// (U(−1/√fan_in, 1/√fan_in) for weight and bias); one kernel size,
+/// stride and padding for every spatial dimension.
+#[derive(Clone)]
+pub struct Conv {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub kind: ConvKind,
+    pub stride: usize,
+    pub padding: usize,
+}
+
+impl Conv {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        arena: &Arena,
+        kind: ConvKind,
+        inputs: usize,
+        outputs: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+        rng: &mut Rng,
+    ) -> Result<Conv> {
+        let (shape, fan_in) = match kind {
+            ConvKind::Conv2d => (vec![outputs, inputs, kernel, kernel], inputs * kernel * kernel),
+            ConvKind::Conv3d => (vec![outputs, inputs, kernel, kernel, kernel], inputs * kernel.pow(3)),
+            // PyTorch computes fan_in from weight dim 1 for transposed convs.
+            ConvKind::Transpose2d => (vec![inputs, outputs, kernel, kernel], outputs * kernel * kernel),
+        };
+        let bound = 1.0 / (fan_in as f32).sqrt();
+        Ok(Conv {
+            weight: param(arena, &shape, bound, rng)?,
+            bias: param(arena, &[outputs], bound, rng)?,
+            kind,
+            stride,
+            padding,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (w, b) = (self.weight.to_dtype(x.dtype())?, self.bias.to_dtype(x.dtype())?);
+        let (s, p) = (self.stride, self.padding);
+        match self.kind {
+            ConvKind::Conv2d => x.conv2d(&w, Some(&b), [s, s], [p, p], [1, 1]),
+            ConvKind::Conv3d => x.conv3d(&w, Some(&b), [s, s, s], [p, p, p], [1, 1, 1]),
+            ConvKind::Transpose2d => x.conv_transpose2d(&w, Some(&b), [s, s], [p, p], [0, 0], [1, 1]),
+        }
+    }
+
+    pub fn params(&self, prefix: &str, out: &mut Params) {
+        out.push((format!("{prefix}weight"), self.weight.clone()));
+        out.push((format!("{prefix}bias"), self.bias.clone()));
+    }
+}
+
+/// One LSTM layer (PyTorch's layouts and initialisation U(−1/√H, 1/√H)),
+/// bidirectional when `reverse` is present: `[B, T, in]` → `[B, T, H]` or
+/// `[B, T, 2H]`.
+#[derive(Clone)]
+pub struct LstmLayer {
+    pub forward: LstmParams,
+    pub reverse: Option<LstmParams>,
+}
+
+impl LstmLayer {
+    pub fn new(arena: &Arena, inputs: usize, hidden: usize, bidirectional: bool, rng: &mut Rng) -> Result<LstmLayer> {
+        let bound = 1.0 / (hidden as f32).sqrt();
+        let mut one = || -> Result<LstmParams> {
+            Ok(LstmParams {
+                w_ih: param(arena, &[4 * hidden, inputs], bound, rng)?,
+                w_hh: param(arena, &[4 * hidden, hidden], bound, rng)?,
+                b_ih: Some(param(arena, &[4 * hidden], bound, rng)?),
+                b_hh: Some(param(arena, &[4 * hidden], bound, rng)?),
+            })
+        };
+        let forward = one()?;
+        let reverse = if bidirectional { Some(one()?) } else { None };
+        Ok(LstmLayer { forward, reverse })
+    }
+
+    /// Hidden size times directions.
+    pub fn outputs(&self) -> usize {
+        self.forward.w_hh.dim(1) * if self.reverse.is_some() { 2 } else { 1 }
+    }
+
+    pub fn run(&self, x: &Tensor) -> Result<Tensor> {
+        let f = self.forward.to_dtype(x.dtype())?;
+        match &self.reverse {
+            Some(r) => Ok(x.lstm_bidirectional(&f, &r.to_dtype(x.dtype())?, None)?.0),
+            None => Ok(x.lstm(&f, false, None)?.0),
+        }
+    }
+
+    pub fn params(&self, prefix: &str, out: &mut Params) {
+        let mut push = |p: &LstmParams, suffix: &str| {
+            out.push((format!("{prefix}weight_ih{suffix}"), p.w_ih.clone()));
+            out.push((format!("{prefix}weight_hh{suffix}"), p.w_hh.clone()));
+            for (name, b) in [("bias_ih", &p.b_ih), ("bias_hh", &p.b_hh)] {
+                if let Some(b) = b {
+                    out.push((format!("{prefix}{name}{suffix}"), b.clone()));
+                }
+            }
+        };
+        push(&self.forward, "");
+        if let Some(r) = &self.reverse {
+            push(r, "_reverse");
+        }
+    }
+}
+
+/// Additive (Bahdanau) attention weights: `w_q` `[A, dq]`, `w_k` `[A, dk]`,
+/// bias `[A]`, `v` `[1, A]`.
+#[derive(Clone)]
+pub struct Additive {
+    pub w: BahdanauWeights,
+}
+
+impl Additive {
+    pub fn new(arena: &Arena, query: usize, key: usize, dim: usize, rng: &mut Rng) -> Result<Additive> {
+        let (bq, bk, bv) = (1.0 / (query as f32).sqrt(), 1.0 / (key as f32).sqrt(), 1.0 / (dim as f32).sqrt());
+        Ok(Additive {
+            w: BahdanauWeights {
+                w_q: param(arena, &[dim, query], bq, rng)?,
+                w_k: param(arena, &[dim, key], bk, rng)?,
+                b: Some(Tensor::full(arena, &[dim], 0.0, DType::F32, Tag::Parameter)?.requires_grad()),
+                v: param(arena, &[1, dim], bv, rng)?,
+            },
+        })
+    }
+
+    /// The weights in `dtype` (free when they already are).
+    pub fn cast(&self, dtype: DType) -> Result<BahdanauWeights> {
+        let w = &self.w;
+        Ok(BahdanauWeights {
+            w_q: w.w_q.to_dtype(dtype)?,
+            w_k: w.w_k.to_dtype(dtype)?,
+            b: w.b.as_ref().map(|b| b.to_dtype(dtype)).transpose()?,
+            v: w.v.to_dtype(dtype)?,
+        })
+    }
+
+    pub fn params(&self, prefix: &str, out: &mut Params) {
+        out.push((format!("{prefix}w_q"), self.w.w_q.clone()));
+        out.push((format!("{prefix}w_k"), self.w.w_k.clone()));
+        if let Some(b) = &self.w.b {
+            out.push((format!("{prefix}b"), b.clone()));
+        }
+        out.push((format!("{prefix}v"), self.w.v.clone()));
     }
 }

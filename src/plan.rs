@@ -38,6 +38,9 @@ pub struct PlanReport {
     /// The largest tensors live at the peak.
     pub largest_live: Vec<LiveTensor>,
     pub parameters: usize,
+    pub preset: String,
+    /// Repeated blocks the model has (what recompute chooses from).
+    pub blocks: usize,
     pub micro_batch: usize,
     pub accumulation: usize,
     pub precision: Precision,
@@ -73,6 +76,8 @@ pub fn plan(cfg: &TrainConfig) -> Result<PlanReport> {
         peak_op: stats.allocated.peak_label,
         largest_live,
         parameters: run.model.parameter_count(),
+        preset: c.preset.clone(),
+        blocks: run.model.blocks(),
         micro_batch: run.micro,
         accumulation: run.accum,
         precision: c.precision,
@@ -126,11 +131,13 @@ impl PlanReport {
             self.planning_ms
         );
         out += &format!(
-            "config: micro-batch {} × {} accumulation, {}, {} blocks recomputed, {} parameters\n",
+            "config: `{}`, micro-batch {} × {} accumulation, {}, {} of {} blocks recomputed, {} parameters\n",
+            self.preset,
             self.micro_batch,
             self.accumulation,
             self.precision.dtype(),
             self.recomputed_blocks,
+            self.blocks,
             self.parameters
         );
         out += &format!("the peak is reached in `{}`; held at that moment:\n", self.peak_op);
@@ -204,13 +211,19 @@ pub fn fit(cfg: &TrainConfig, budget: usize) -> Result<Vec<Candidate>> {
         }
         m /= 2;
     }
+    let blocks = crate::train::model_blocks(&cfg.model)?;
     let mut policies = vec![Recompute::None];
-    if cfg.layers > 2 {
+    if blocks > 2 {
         policies.push(Recompute::Every(2));
     }
-    policies.push(Recompute::All);
+    if blocks > 0 {
+        policies.push(Recompute::All);
+    }
+    // The attention kernel is a choice only for models with dot-product attention.
+    let kinds: &[AttentionKind] =
+        if cfg.model.has_attention() { &[AttentionKind::Fused, AttentionKind::Naive] } else { &[AttentionKind::Fused] };
     let (mut fits, mut smallest): (Vec<Candidate>, Option<(usize, String)>) = (vec![], None);
-    for attention in [AttentionKind::Fused, AttentionKind::Naive] {
+    for &attention in kinds {
         for &precision in &[Precision::F32, Precision::Bf16, Precision::F16] {
             for policy in &policies {
                 for &micro in &micros {
@@ -244,10 +257,8 @@ pub fn fit(cfg: &TrainConfig, budget: usize) -> Result<Vec<Candidate>> {
                         trades.push(format!("{}× accumulation", effective / micro));
                     }
                     if p.recomputed_blocks > 0 {
-                        trades.push(format!(
-                            "recompute {} of {} blocks (+1 forward each)",
-                            p.recomputed_blocks, cfg.layers
-                        ));
+                        trades
+                            .push(format!("recompute {} of {} blocks (+1 forward each)", p.recomputed_blocks, blocks));
                     }
                     if precision != Precision::F32 {
                         trades.push(format!("{} activations", precision.dtype()));
@@ -267,7 +278,7 @@ pub fn fit(cfg: &TrainConfig, budget: usize) -> Result<Vec<Candidate>> {
                             micro,
                             effective,
                             p.recomputed_blocks,
-                            cfg.layers,
+                            blocks,
                             precision,
                             attention,
                         ),
@@ -299,4 +310,59 @@ pub fn fit(cfg: &TrainConfig, budget: usize) -> Result<Vec<Candidate>> {
             .then(a.predicted_peak_reserved_bytes.cmp(&b.predicted_peak_reserved_bytes))
     });
     Ok(fits)
+}
+
+/// The README's preset table: every full preset planned at f32 at its
+/// default batch and fitted under 2 GiB (or the smallest budget that works),
+/// then every tiny preset planned and trained for real (two steps and the
+/// final evaluation, exactly what the plan simulates), predicted beside measured.
+pub fn preset_table() -> Result<String> {
+    const BUDGET: usize = 2 << 30;
+    let mut out = String::from(
+        "| preset | parameters | batch | f32 peak reserved | best plan under 2 GiB | its peak reserved |\n|---|---:|---:|---:|---|---:|\n",
+    );
+    let all = crate::preset::presets();
+    for p in all.iter().filter(|p| !p.name.ends_with("-tiny")) {
+        let cfg = TrainConfig::preset(p.name)?;
+        let f32_plan = plan(&cfg)?;
+        let (best, peak) = match fit(&cfg, BUDGET) {
+            Ok(c) => {
+                let c = &c[0];
+                (
+                    format!(
+                        "micro {} × {}, {}, recompute {}, {} attention",
+                        c.micro_batch,
+                        c.accumulation,
+                        c.precision.dtype(),
+                        c.recompute,
+                        c.attention
+                    ),
+                    fmt_bytes(c.predicted_peak_reserved_bytes),
+                )
+            }
+            Err(e) => (format!("none fits: {e}"), "—".to_string()),
+        };
+        out += &format!(
+            "| `{}` | {} | {} | {} | {best} | {peak} |\n",
+            p.name,
+            f32_plan.parameters,
+            p.batch,
+            fmt_bytes(f32_plan.predicted_peak_reserved_bytes)
+        );
+    }
+    out += "\n| tiny preset | predicted peak allocated | measured | predicted peak reserved | measured |\n|---|---:|---:|---:|---:|\n";
+    for p in all.iter().filter(|p| p.name.ends_with("-tiny")) {
+        let cfg = TrainConfig { steps: Some(2), progress: false, ..TrainConfig::preset(p.name)? };
+        let predicted = plan(&cfg)?;
+        let measured = crate::train::train(&cfg)?;
+        out += &format!(
+            "| `{}` | {} B | {} B | {} B | {} B |\n",
+            p.name,
+            predicted.predicted_peak_allocated_bytes,
+            measured.peak_allocated_bytes,
+            predicted.predicted_peak_reserved_bytes,
+            measured.peak_reserved_bytes
+        );
+    }
+    Ok(out)
 }

@@ -1,16 +1,18 @@
-//! The trainer: the default model on the embedded spoken-digits set, with
-//! the memory toolbox — gradient accumulation, activation recompute, mixed
+//! The trainer: any preset's model on its data (the embedded spoken digits
+//! by default, synthetic tasks for the other presets), with the memory toolbox — gradient accumulation, activation recompute, mixed
 //! precision with dynamic loss scaling, recovery from out-of-memory steps and
 //! crash-safe checkpoints — and live memory figures.
 
 use crate::alloc::{fmt_bytes, Arena, ArenaConfig, Backing, Stats, Tag};
 use crate::autograd::{self, no_grad};
 use crate::checkpoint::{self, TrainerState, FORMAT};
-use crate::data::{spoken_digits, Sequences};
+use crate::data::synthetic::Synthetic;
+use crate::data::{spoken_digits, Dataset};
 use crate::error::{Error, Result};
-use crate::model::{Classifier, ClassifierConfig};
+use crate::model::{Model, ModelConfig, Score};
 use crate::ops::AttentionKind;
 use crate::optim::{clip_grad_norm, AdamW, AdamWConfig, Optimizer};
+use crate::preset;
 use crate::rng::Rng;
 use crate::tensor::{DType, Tensor};
 use serde::Serialize;
@@ -85,6 +87,12 @@ impl Recompute {
 
 #[derive(Clone, Debug)]
 pub struct TrainConfig {
+    /// The preset this configuration came from (for messages and checkpoints).
+    pub preset: String,
+    pub model: ModelConfig,
+    /// Samples of a synthetic task's training and held-out splits.
+    pub train_samples: usize,
+    pub test_samples: usize,
     /// Samples per micro-batch.
     pub batch: usize,
     /// Micro-batches per optimizer step: the effective batch is batch × accum.
@@ -102,11 +110,6 @@ pub struct TrainConfig {
     /// Fused (memory linear in sequence length) or naive attention.
     pub attention: AttentionKind,
     pub eval_every: usize,
-    pub dim: usize,
-    pub layers: usize,
-    pub heads: usize,
-    pub hidden: usize,
-    pub dropout: f32,
     pub checkpoint_dir: Option<PathBuf>,
     /// Write a checkpoint every N steps (and at the end) when a directory is set.
     pub checkpoint_every: usize,
@@ -115,9 +118,31 @@ pub struct TrainConfig {
     pub progress: bool,
 }
 
+impl TrainConfig {
+    /// The settings a preset starts from.
+    pub fn preset(name: &str) -> Result<TrainConfig> {
+        let p = preset::get(name)?;
+        Ok(TrainConfig {
+            preset: p.name.to_string(),
+            model: p.model,
+            train_samples: p.train_samples,
+            test_samples: p.test_samples,
+            batch: p.batch,
+            lr: p.lr,
+            epochs: if p.name == "digits" { 8 } else { 1 },
+            ..TrainConfig::default()
+        })
+    }
+}
+
+/// The `digits` preset: a 2-block transformer of width 64 on the embedded data.
 impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {
+            preset: "digits".to_string(),
+            model: ModelConfig::digits(64, 2, 128),
+            train_samples: 0,
+            test_samples: 0,
             batch: 32,
             accum: 1,
             steps: None,
@@ -131,11 +156,6 @@ impl Default for TrainConfig {
             recompute: Recompute::None,
             attention: AttentionKind::Fused,
             eval_every: 0,
-            dim: 64,
-            layers: 2,
-            heads: 4,
-            hidden: 128,
-            dropout: 0.1,
             checkpoint_dir: None,
             checkpoint_every: 50,
             resume: false,
@@ -150,9 +170,11 @@ pub struct TrainReport {
     pub steps: usize,
     pub samples: usize,
     pub parameters: usize,
+    pub preset: String,
     pub loss_first: f32,
     pub loss_last: f32,
-    /// Held-out accuracy (fraction correct on unseen speakers).
+    /// The held-out metric (`eval_metric_name`): accuracy on unseen
+    /// speakers for digits; see `Model::metric` for the others.
     pub eval_metric: f32,
     pub eval_metric_name: &'static str,
     pub peak_allocated_bytes: usize,
@@ -215,14 +237,15 @@ impl LossScaler {
 /// ```
 /// use headroom::train::{Run, TrainConfig};
 /// use headroom::Arena;
-/// let cfg = TrainConfig { dim: 16, layers: 1, hidden: 32, progress: false, ..Default::default() };
+/// use headroom::model::ModelConfig;
+/// let cfg = TrainConfig { model: ModelConfig::digits(16, 1, 32), progress: false, ..Default::default() };
 /// let mut run = Run::new(&cfg, Arena::host()).unwrap();
 /// let out = run.train_step().unwrap();
 /// assert!(out.applied && out.loss > 0.0 && run.step == 1);
 /// ```
 pub struct Run {
     pub arena: Arena,
-    pub model: Classifier,
+    pub model: Model,
     pub opt: AdamW,
     pub params: Vec<(String, Tensor)>,
     pub rng: Rng,
@@ -236,7 +259,7 @@ pub struct Run {
     pub skipped_steps: usize,
     pub loss_first: f32,
     pub recompute: Vec<bool>,
-    pub data: Sequences,
+    pub data: Dataset,
     cfg: TrainConfig,
 }
 
@@ -255,15 +278,19 @@ impl Run {
         if cfg.batch == 0 || cfg.accum == 0 {
             return Err(Error::invalid("train", "--batch and --accum must be at least 1"));
         }
-        let (data, _) = spoken_digits()?;
-        if cfg.batch * cfg.accum > data.n {
+        let (data, _) = datasets(cfg)?;
+        if cfg.batch * cfg.accum > data.len() {
             return Err(Error::invalid(
                 "train",
-                format!("an effective batch of {} is larger than the {} training clips", cfg.batch * cfg.accum, data.n),
+                format!(
+                    "an effective batch of {} is larger than the {} training samples",
+                    cfg.batch * cfg.accum,
+                    data.len()
+                ),
             ));
         }
         let mut rng = Rng::new(cfg.seed);
-        let mut model = Classifier::new(&arena, model_config(cfg, &data), &mut rng)?;
+        let mut model = Model::new(&arena, &cfg.model, &mut rng)?;
         model.set_attention(cfg.attention);
         let params = model.params();
         let opt = AdamW::new(
@@ -271,7 +298,7 @@ impl Run {
             AdamWConfig { lr: cfg.lr as f64, weight_decay: cfg.weight_decay as f64, ..Default::default() },
         )?;
         let order = data.order(&mut rng);
-        let recompute = cfg.recompute.mask(cfg.layers);
+        let recompute = cfg.recompute.mask(model.blocks());
         Ok(Run {
             arena,
             model,
@@ -356,10 +383,9 @@ impl Run {
         let dtype = self.cfg.precision.dtype();
         let mut total = 0.0f64;
         for chunk in samples.chunks(self.micro) {
-            let (x, y) = self.data.batch(&self.arena, chunk, dtype)?;
-            let logits = self.model.forward(&x, Some(&mut self.rng), &self.recompute)?;
-            let loss = logits.cross_entropy(&y, None, 0.0)?;
-            drop((logits, x, y));
+            let batch = self.data.batch(&self.arena, chunk, dtype)?;
+            let loss = self.model.loss(&batch, Some(&mut self.rng), &self.recompute)?;
+            drop(batch);
             // Each micro-batch's mean, weighted by its share of the step.
             let weight = chunk.len() as f32 / samples.len() as f32;
             if !self.arena_is_meta() {
@@ -436,7 +462,8 @@ impl Run {
                 ),
             ));
         }
-        if st.adam_steps.len() != self.params.len() || st.order.len() != self.data.n || st.position > st.order.len() {
+        if st.adam_steps.len() != self.params.len() || st.order.len() != self.data.len() || st.position > st.order.len()
+        {
             return Err(Error::invalid("resume", format!("{} does not match this model and data", ck.path.display())));
         }
         for (name, p) in &self.params {
@@ -466,23 +493,45 @@ impl Run {
     }
 }
 
-fn model_config(cfg: &TrainConfig, data: &Sequences) -> ClassifierConfig {
-    ClassifierConfig {
-        frames: data.frames,
-        features: data.features,
-        classes: data.classes,
-        dim: cfg.dim,
-        layers: cfg.layers,
-        heads: cfg.heads,
-        hidden: cfg.hidden,
-        dropout: cfg.dropout,
+/// The training and held-out sets of `cfg`: the embedded spoken digits for
+/// the digits classifier, the preset's synthetic task otherwise.
+pub fn datasets(cfg: &TrainConfig) -> Result<(Dataset, Dataset)> {
+    match &cfg.model {
+        ModelConfig::Digits(c) => {
+            let (train, test) = spoken_digits()?;
+            if (train.frames, train.features, train.classes) != (c.frames, c.features, c.classes) {
+                return Err(Error::invalid(
+                    "train",
+                    format!(
+                        "the classifier expects {}×{} frames and {} classes; the embedded data has {}×{} and {}",
+                        c.frames, c.features, c.classes, train.frames, train.features, train.classes
+                    ),
+                ));
+            }
+            Ok((Dataset::Digits(train), Dataset::Digits(test)))
+        }
+        m => {
+            let split = |n, offset| Dataset::Synthetic(Synthetic { model: m.clone(), n, offset, seed: 0 });
+            Ok((split(cfg.train_samples, 0), split(cfg.test_samples, cfg.train_samples)))
+        }
     }
 }
 
+/// What a checkpoint must have been written by: the model, the data, and
+/// everything that changes the arithmetic of a step.
 fn model_fingerprint(cfg: &TrainConfig) -> String {
     format!(
-        "classifier dim={} layers={} heads={} hidden={} batch={}x{} lr={} seed={}",
-        cfg.dim, cfg.layers, cfg.heads, cfg.hidden, cfg.batch, cfg.accum, cfg.lr, cfg.seed
+        "{} {:?} samples={}/{} batch={}x{} lr={} seed={} precision={} attention={}",
+        cfg.preset,
+        cfg.model,
+        cfg.train_samples,
+        cfg.test_samples,
+        cfg.batch,
+        cfg.accum,
+        cfg.lr,
+        cfg.seed,
+        cfg.precision.dtype(),
+        cfg.attention
     )
 }
 
@@ -509,8 +558,8 @@ pub fn simulate(cfg: &TrainConfig, recompute: Vec<bool>, trace: bool) -> Result<
     run.train_step()?;
     let second = arena.stats().clock + 1;
     run.train_step()?;
-    let (_, test_set) = spoken_digits()?;
-    evaluate(&arena, &run.model, &test_set, cfg.batch, cfg.precision.dtype())?;
+    let (_, test_set) = datasets(cfg)?;
+    evaluate(&arena, &run.model, &test_set, run.micro, cfg.precision.dtype())?;
     Ok((arena, run, second))
 }
 
@@ -522,13 +571,14 @@ pub fn plan_step(cfg: &TrainConfig) -> Result<Stats> {
 /// Resolve `Recompute::Auto`: the fewest leading blocks to recompute so the
 /// planned reserved peak fits the budget.
 pub fn resolve_recompute(cfg: &TrainConfig) -> Result<Vec<bool>> {
+    let blocks = model_blocks(&cfg.model)?;
     if cfg.recompute != Recompute::Auto {
-        return Ok(cfg.recompute.mask(cfg.layers));
+        return Ok(cfg.recompute.mask(blocks));
     }
-    let Some(budget) = cfg.budget else { return Ok(vec![false; cfg.layers]) };
+    let Some(budget) = cfg.budget else { return Ok(vec![false; blocks]) };
     let mut need = 0;
-    for n in 0..=cfg.layers {
-        let mask: Vec<bool> = (0..cfg.layers).map(|i| i < n).collect();
+    for n in 0..=blocks {
+        let mask: Vec<bool> = (0..blocks).map(|i| i < n).collect();
         need = simulate(cfg, mask.clone(), false)?.0.stats().reserved.peak;
         if need <= budget {
             return Ok(mask);
@@ -538,18 +588,25 @@ pub fn resolve_recompute(cfg: &TrainConfig) -> Result<Vec<bool>> {
         "recompute",
         format!(
             "even recomputing all {} blocks the run needs {} reserved, over the budget of {}; lower --batch or raise --budget",
-            cfg.layers,
+            blocks,
             fmt_bytes(need),
             fmt_bytes(budget)
         ),
     ))
 }
 
-/// Train the default classifier on the embedded data set.
+/// Repeated blocks of a model that recompute policies choose from.
+pub fn model_blocks(model: &ModelConfig) -> Result<usize> {
+    let arena = Arena::new(ArenaConfig { backing: Backing::Meta, ..Default::default() })
+        .map_err(|e| Error::invalid("plan", e.to_string()))?;
+    Ok(Model::new(&arena, model, &mut Rng::new(0))?.blocks())
+}
+
+/// Train a configuration's model on its data.
 ///
 /// ```
-/// use headroom::train::{train, TrainConfig};
-/// let cfg = TrainConfig { steps: Some(2), dim: 16, layers: 1, hidden: 32, progress: false, ..Default::default() };
+/// use headroom::{model::ModelConfig, train::{train, TrainConfig}};
+/// let cfg = TrainConfig { steps: Some(2), model: ModelConfig::digits(16, 1, 32), progress: false, ..Default::default() };
 /// let report = train(&cfg).unwrap();
 /// assert_eq!(report.steps, 2);
 /// assert!(report.peak_by_tag["parameter"] > 0);
@@ -568,18 +625,19 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainReport> {
             eprintln!("resumed from {} at step {}", dir.display(), run.step);
         }
     }
-    let (_, test_set) = spoken_digits()?;
-    let per_epoch = run.data.n / run.effective();
+    let (_, test_set) = datasets(cfg)?;
+    let per_epoch = run.data.len() / run.effective();
     let total = cfg.steps.unwrap_or(cfg.epochs * per_epoch);
     let tty = std::io::stderr().is_terminal();
     if cfg.progress {
+        let data = match &run.data {
+            Dataset::Digits(d) => format!("spoken digits: {} clips of {}×{} log-mel", d.n, d.frames, d.features),
+            d => format!("its synthetic task: {} samples", d.len()),
+        };
         eprintln!(
-            "training a {}-block transformer ({} parameters) on spoken digits: {} clips of {}×{} log-mel, batch {}×{}, {}, {} steps",
-            cfg.layers,
+            "training `{}` ({} parameters) on {data}, batch {}×{}, {}, {} steps",
+            cfg.preset,
             run.model.parameter_count(),
-            run.data.n,
-            run.data.frames,
-            run.data.features,
             cfg.batch,
             cfg.accum,
             cfg.precision.dtype(),
@@ -609,12 +667,13 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainReport> {
             let budget = cfg.budget.map_or(String::new(), |b| format!(" / budget {}", fmt_bytes(b)));
             let done = run.step * 20 / total.max(1);
             eprint!(
-                "{}[{}{}] {:>5}/{total}  loss {smooth:.4}  {rate:>5.0} samples/s  mem {} alloc, {} reserved, peak {}{budget}   {}",
+                "{}[{}{}] {:>5}/{total}  loss {smooth:.4}  {rate:>5.1} samples/s  mem {} alloc (peak {}), {} reserved (peak {}){budget}   {}",
                 if tty { "\r" } else { "" },
                 "#".repeat(done),
                 ".".repeat(20 - done),
                 run.step,
                 fmt_bytes(s.allocated.current),
+                fmt_bytes(s.allocated.peak),
                 fmt_bytes(s.reserved.current),
                 fmt_bytes(s.reserved.peak),
                 if tty { "" } else { "\n" },
@@ -627,14 +686,15 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainReport> {
             }
         }
         if cfg.eval_every > 0 && run.step % cfg.eval_every == 0 && cfg.progress {
-            let acc = evaluate(&arena, &run.model, &test_set, cfg.batch, cfg.precision.dtype())?;
-            eprintln!("\n  held-out accuracy after {} steps: {:.1}%", run.step, 100.0 * acc);
+            let m = evaluate(&arena, &run.model, &test_set, run.micro, cfg.precision.dtype())?;
+            eprintln!("\n  held-out {} after {} steps: {m:.4}", run.model.metric().0, run.step);
         }
     }
     if cfg.progress && tty {
         eprintln!();
     }
-    let eval = evaluate(&arena, &run.model, &test_set, cfg.batch, cfg.precision.dtype())?;
+    // The recovered micro-batch: one that OOMed in training would here too.
+    let eval = evaluate(&arena, &run.model, &test_set, run.micro, cfg.precision.dtype())?;
     let s = arena.stats();
     let mut sorted = times.clone();
     sorted.sort_by(|a, b| a.total_cmp(b));
@@ -643,10 +703,11 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainReport> {
         steps: run.step,
         samples: run.step * run.effective(),
         parameters: run.model.parameter_count(),
+        preset: cfg.preset.clone(),
         loss_first: run.loss_first,
         loss_last,
         eval_metric: eval,
-        eval_metric_name: "accuracy",
+        eval_metric_name: run.model.metric().0,
         peak_allocated_bytes: s.allocated.peak,
         peak_reserved_bytes: s.reserved.peak,
         peak_by_tag: Tag::ALL.iter().map(|&t| (t.name(), s.tag(t).allocated.peak)).collect(),
@@ -665,10 +726,11 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainReport> {
     };
     if cfg.progress {
         eprintln!(
-            "loss {:.4} → {:.4}; held-out accuracy {:.1}% (chance 10%); {:.1} ms/step median; {} OOM recoveries, {} skipped steps",
+            "loss {:.4} → {:.4}; held-out {} {:.4}; {:.1} ms/step median; {} OOM recoveries, {} skipped steps",
             report.loss_first,
             report.loss_last,
-            100.0 * report.eval_metric,
+            report.eval_metric_name,
+            report.eval_metric,
             report.step_time_ms_median,
             report.oom_recoveries,
             report.skipped_steps
@@ -678,25 +740,14 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainReport> {
     Ok(report)
 }
 
-/// Fraction of `set` classified correctly, with no activations kept.
-pub fn evaluate(arena: &Arena, model: &Classifier, set: &Sequences, batch: usize, dtype: DType) -> Result<f32> {
+/// The model's held-out metric over `set`, with no activations kept (0 on
+/// the meta device, which asks for the same bytes and has no values).
+pub fn evaluate(arena: &Arena, model: &Model, set: &Dataset, batch: usize, dtype: DType) -> Result<f32> {
     let _g = no_grad();
-    let mut correct = 0;
-    for start in (0..set.n).step_by(batch.max(1)) {
-        let idx: Vec<usize> = (start..(start + batch).min(set.n)).collect();
-        let (x, y) = set.batch(arena, &idx, dtype)?;
-        let logits = model.forward(&x, None, &[])?;
-        if arena.backing() == Backing::Meta {
-            continue; // planning: the bytes were asked for, there are no values
-        }
-        let logits = logits.to_vec_f32()?;
-        let labels = y.to_vec::<i32>()?;
-        let c = set.classes;
-        for (i, &label) in labels.iter().enumerate() {
-            let row = &logits[i * c..(i + 1) * c];
-            let best = (0..c).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap_or(0);
-            correct += (best as i32 == label) as usize;
-        }
+    let mut score = Score::default();
+    for start in (0..set.len()).step_by(batch.max(1)) {
+        let idx: Vec<usize> = (start..(start + batch).min(set.len())).collect();
+        score.add(model.score(&set.batch(arena, &idx, dtype)?)?);
     }
-    Ok(correct as f32 / set.n as f32)
+    Ok(score.value())
 }

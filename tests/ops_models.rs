@@ -620,7 +620,7 @@ fn lstm_layer_gradcheck() {
 }
 
 #[test]
-fn lstm_saves_gates_and_states_per_step() {
+fn lstm_saves_gates_and_states_of_every_step() {
     let a = Arena::host();
     let (b, tt, inp, hd) = (4, 6, 10, 8);
     let p = Tensor::full(&a, &[b, tt, inp], 0.1, DType::F32, Tag::Parameter).unwrap().requires_grad();
@@ -637,9 +637,11 @@ fn lstm_saves_gates_and_states_per_step() {
     let x = p.mul_scalar(2.0).unwrap(); // an op output the cells keep alive through their step views
     let (out, _) = x.lstm(&params, false, None).unwrap();
     drop(x);
-    // x, and per step the gates [B, 4H]; h and c of every step but the last, and the zero initial state (shared by h0 and c0).
-    let want = b * tt * inp * 4 + 4 * (tt * b * 4 * hd + 2 * (tt - 1) * b * hd + b * hd);
+    // x, and for every step the gates [B, 4H] and h and c [B, H] (the hs are the output): 6·T·B·H.
+    let want = b * tt * inp * 4 + 4 * (tt * b * 4 * hd + 2 * tt * b * hd);
     assert_eq!(activation(&a), want);
+    // One tape node for the whole sequence, not one per step.
+    assert_eq!(headroom::autograd::tape_len(), 2);
     backward(&out.sum_all().unwrap()).unwrap();
     assert_eq!(activation(&a), 0);
     assert!(p.grad().is_some() && params.w_hh.grad().is_some() && params.b_hh.as_ref().unwrap().grad().is_some());

@@ -1,12 +1,13 @@
 //! The planner's contract: predicted = measured, to the byte; planning is
 //! fast and touches no memory; fit only offers what fits.
 
+use headroom::model::{ClassifierConfig as Digits, ModelConfig};
 use headroom::plan::{fit, plan};
 use headroom::train::{train, Precision, Recompute, TrainConfig};
 use std::process::Command;
 
 fn cfg() -> TrainConfig {
-    TrainConfig { steps: Some(2), progress: false, dim: 32, hidden: 64, layers: 3, ..TrainConfig::default() }
+    TrainConfig { steps: Some(2), progress: false, model: ModelConfig::digits(32, 3, 64), ..TrainConfig::default() }
 }
 
 #[test]
@@ -18,7 +19,7 @@ fn predicted_peaks_equal_measured_peaks_for_several_configs() {
         // optimizer state; the plan assumes applied steps, so run enough of them.
         TrainConfig { precision: Precision::F16, recompute: Recompute::All, steps: Some(5), ..cfg() },
         TrainConfig { precision: Precision::Bf16, recompute: Recompute::Every(2), batch: 48, ..cfg() },
-        TrainConfig { dim: 64, hidden: 256, layers: 2, batch: 24, accum: 2, ..cfg() },
+        TrainConfig { model: ModelConfig::digits(64, 2, 256), batch: 24, accum: 2, ..cfg() },
     ];
     for c in configs {
         let p = plan(&c).unwrap();
@@ -49,7 +50,11 @@ fn rss() -> usize {
 
 #[test]
 fn planning_tens_of_gib_takes_well_under_a_second_and_no_memory() {
-    let big = TrainConfig { batch: 1024, dim: 1024, hidden: 4096, layers: 24, heads: 16, ..cfg() };
+    let big = TrainConfig {
+        batch: 1024,
+        model: ModelConfig::Digits(Digits { heads: 16, ..Digits::digits(1024, 24, 4096) }),
+        ..cfg()
+    };
     let before = rss();
     let t = std::time::Instant::now();
     let p = plan(&big).unwrap();

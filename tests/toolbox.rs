@@ -4,6 +4,7 @@
 use headroom::alloc::{Arena, Tag};
 use headroom::autograd::backward;
 use headroom::data::spoken_digits;
+use headroom::model::ModelConfig;
 use headroom::model::{Classifier, ClassifierConfig};
 use headroom::rng::Rng;
 use headroom::train::{plan_step, resolve_recompute, train, LossScaler, Precision, Recompute, Run, TrainConfig};
@@ -67,7 +68,7 @@ fn recompute_policies_pick_the_blocks() {
 }
 
 fn cfg(steps: usize) -> TrainConfig {
-    TrainConfig { steps: Some(steps), progress: false, dim: 32, hidden: 64, layers: 4, ..TrainConfig::default() }
+    TrainConfig { steps: Some(steps), progress: false, model: ModelConfig::digits(32, 4, 64), ..TrainConfig::default() }
 }
 
 #[test]
@@ -88,7 +89,12 @@ fn auto_recompute_takes_the_fewest_blocks_that_fit() {
 }
 
 fn params_after_one_step(batch: usize, accum: usize) -> Vec<f32> {
-    let c = TrainConfig { batch, accum, dropout: 0.0, ..cfg(1) };
+    let c = TrainConfig {
+        batch,
+        accum,
+        model: ModelConfig::Digits(ClassifierConfig { dropout: 0.0, ..ClassifierConfig::digits(32, 4, 64) }),
+        ..cfg(1)
+    };
     let mut run = Run::new(&c, Arena::host()).unwrap();
     run.train_step().unwrap();
     run.params.iter().flat_map(|(_, p)| p.to_vec_f32().unwrap()).collect()

@@ -3,6 +3,7 @@
 use headroom::alloc::{Arena, Tag};
 use headroom::autograd::{backward, reset_saved_peak, saved_bytes};
 use headroom::data::spoken_digits;
+use headroom::model::ModelConfig;
 use headroom::model::{Classifier, ClassifierConfig};
 use headroom::optim::{AdamW, AdamWConfig, Optimizer};
 use headroom::rng::Rng;
@@ -78,7 +79,13 @@ fn every_tensor_byte_is_in_the_arena() {
 }
 
 fn quick(seed: u64, steps: usize) -> TrainConfig {
-    TrainConfig { steps: Some(steps), seed, progress: false, dim: 32, hidden: 64, ..TrainConfig::default() }
+    TrainConfig {
+        steps: Some(steps),
+        seed,
+        progress: false,
+        model: ModelConfig::digits(32, 2, 64),
+        ..TrainConfig::default()
+    }
 }
 
 #[test]

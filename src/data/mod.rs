@@ -1,8 +1,13 @@
 //! Data sets. The default one, spoken digits (data/spoken_digits/README.md),
-//! is embedded in the binary so `headroom train` needs no download. Batches
-//! are copied into the arena under tag Data; only the current batch is.
+//! is embedded in the binary so `headroom train` needs no download; every
+//! preset also has a synthetic task of its shapes (`synthetic`). Batches are
+//! copied into the arena under tag Data; only the current batch is.
 
 pub mod npy;
+pub mod synthetic;
+
+use crate::model::Batch;
+use synthetic::Synthetic;
 
 use crate::alloc::{Arena, Tag};
 use crate::error::{Error, Result};
@@ -57,10 +62,42 @@ impl Sequences {
         let y = Tensor::from_slice(arena, &[idx.len()], &ys, Tag::Data)?;
         Ok((x, y))
     }
+}
+
+/// Where a run's samples come from.
+pub enum Dataset {
+    /// The embedded spoken digits.
+    Digits(Sequences),
+    /// A preset's synthetic task.
+    Synthetic(Synthetic),
+}
+
+impl Dataset {
+    pub fn len(&self) -> usize {
+        match self {
+            Dataset::Digits(s) => s.n,
+            Dataset::Synthetic(s) => s.n,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Samples `idx` as one batch on `arena`, inputs in `dtype`, tagged Data.
+    pub fn batch(&self, arena: &Arena, idx: &[usize], dtype: DType) -> Result<Batch> {
+        match self {
+            Dataset::Digits(s) => {
+                let (x, y) = s.batch(arena, idx, dtype)?;
+                Ok(Batch { x, x_lengths: vec![s.frames; idx.len()], x_mask: None, y, y_in: None, y_lengths: vec![] })
+            }
+            Dataset::Synthetic(s) => s.batch(arena, idx, dtype),
+        }
+    }
 
     /// Sample order for one epoch.
     pub fn order(&self, rng: &mut Rng) -> Vec<usize> {
-        let mut v: Vec<usize> = (0..self.n).collect();
+        let mut v: Vec<usize> = (0..self.len()).collect();
         rng.shuffle(&mut v);
         v
     }

@@ -15,6 +15,7 @@ use crate::alloc::Tag;
 use crate::autograd::{no_grad, record_many};
 use crate::cpu::lstm::{self as k, Biases};
 use crate::error::{Error, Result};
+use crate::tensor::DType;
 use crate::tensor::Tensor;
 use crate::with_float;
 
@@ -39,6 +40,10 @@ impl LstmParams {
             b_hh: cast(&self.b_hh)?,
         })
     }
+}
+
+fn mut_of<T: crate::tensor::Element>(t: &Option<Tensor>) -> Result<Option<&mut [T]>> {
+    t.as_ref().map(|t| t.data_mut::<T>()).transpose()
 }
 
 impl Tensor {
@@ -167,13 +172,20 @@ impl Tensor {
         Ok((outs.pop().expect("two outputs"), c_new))
     }
 
-    /// One LSTM layer over `[B, T, in]` (batch first): the cell looped over
+    /// One LSTM layer over `[B, T, in]` (batch first): the cell run over
     /// time, backwards when `reverse`, from `state` = (h0, c0) `[B, H]` or
     /// zeros. Returns the hidden state of every step `[B, T, H]` (in input
     /// order, also when reversed) and the final (h, c).
     ///
-    /// Steps are views of the input (`unbind`); the per-step outputs are
-    /// joined by one `concat`. See the module docs for the memory it keeps.
+    /// Recorded as one tape node for the whole sequence (as cuDNN runs a
+    /// layer), so a 5 500-step layer costs one node, not 5 500. It saves the
+    /// input, the activated gates `[T, B, 4H]` and every step's h and c
+    /// `[T, B, H]` — `6·T·B·H` elements of the compute dtype beyond the
+    /// input (the h of every step is also the output) — and the weights.
+    /// Products run one step at a time in f32: Workspace of
+    /// `cpu::lstm::Dims::forward_workspace` f32 in the forward and
+    /// `backward_workspace` in the backward; the gate gradients of a step
+    /// are used at once, never kept for the sequence.
     pub fn lstm(
         &self,
         p: &LstmParams,
@@ -181,32 +193,158 @@ impl Tensor {
         state: Option<(&Tensor, &Tensor)>,
     ) -> Result<(Tensor, (Tensor, Tensor))> {
         const OP: &str = "lstm";
-        if self.rank() != 3 || self.dim(1) == 0 {
+        let hd = p.w_hh.shape().last().copied().unwrap_or(0);
+        let fine = self.rank() == 3
+            && self.dim(1) > 0
+            && p.w_ih.rank() == 2
+            && p.w_hh.rank() == 2
+            && p.w_ih.dim(0) == 4 * hd
+            && p.w_hh.dim(0) == 4 * hd
+            && p.w_ih.dim(1) == self.dim(2);
+        if !fine {
             return Err(Error::shape(
                 OP,
-                format!("input {:?}: need a non-empty [B, T, in] (batch first)", self.shape()),
+                format!(
+                    "input {:?}, w_ih {:?}, w_hh {:?}: need a non-empty [B, T, in] (batch first), w_ih [4H, in], w_hh [4H, H]",
+                    self.shape(),
+                    p.w_ih.shape(),
+                    p.w_hh.shape()
+                ),
             ));
         }
-        let (batch, hd) = (self.dim(0), p.w_hh.shape().last().copied().unwrap_or(0));
-        let (mut h, mut c) = match state {
-            Some((h, c)) => (h.clone(), c.clone()),
-            None => {
-                let z = Tensor::zeros(self.arena(), &[batch, hd], self.dtype(), Tag::Temporary)?;
-                (z.clone(), z)
-            }
-        };
-        let steps = self.unbind(1)?;
-        let mut outs: Vec<Option<Tensor>> = vec![None; steps.len()];
-        let order: Vec<usize> = if reverse { (0..steps.len()).rev().collect() } else { (0..steps.len()).collect() };
-        for t in order {
-            let (h2, c2) = Tensor::lstm_cell(&steps[t], &h, &c, &p.w_ih, &p.w_hh, p.b_ih.as_ref(), p.b_hh.as_ref())?;
-            outs[t] = Some(h2.unsqueeze(1)?);
-            (h, c) = (h2, c2);
+        float_only(OP, self)?;
+        let biases: Vec<&Tensor> = p.b_ih.iter().chain(&p.b_hh).collect();
+        for t in [&p.w_ih, &p.w_hh].into_iter().chain(biases.iter().copied()) {
+            same_dtype(OP, self, t)?;
+            same_arena(OP, &[self, t])?;
         }
-        drop(steps);
-        let outs: Vec<Tensor> = outs.into_iter().flatten().collect();
-        let out = Tensor::concat(&outs.iter().collect::<Vec<_>>(), 1)?;
-        Ok((out, (h, c)))
+        for b in &biases {
+            if b.shape() != [4 * hd] {
+                return Err(Error::shape(OP, format!("bias {:?} for hidden size {hd}: need [{}]", b.shape(), 4 * hd)));
+            }
+        }
+        let (batch, steps, input) = (self.dim(0), self.dim(1), self.dim(2));
+        if let Some((h, c)) = state {
+            if h.shape() != [batch, hd] || c.shape() != [batch, hd] {
+                return Err(Error::shape(
+                    OP,
+                    format!("initial state h {:?}, c {:?}: need [B, H] = [{batch}, {hd}]", h.shape(), c.shape()),
+                ));
+            }
+            same_dtype(OP, self, h)?;
+            same_dtype(OP, self, c)?;
+        }
+        let d = k::Dims { batch, steps, input, hidden: hd };
+        let dense = |t: &Tensor| t.contiguous_untracked(OP);
+        let x = dense(self)?;
+        let (w_ih, w_hh) = (dense(&p.w_ih)?, dense(&p.w_hh)?);
+        let (b_ih, b_hh) = (p.b_ih.as_ref().map(dense).transpose()?, p.b_hh.as_ref().map(dense).transpose()?);
+        let st = state.map(|(h, c)| Ok::<_, Error>((dense(h)?, dense(c)?))).transpose()?;
+        let gates = output(OP, &x, &[steps, batch, 4 * hd], x.dtype())?;
+        let hs = output(OP, &x, &[steps, batch, hd], x.dtype())?;
+        let cs = output(OP, &x, &[steps, batch, hd], x.dtype())?;
+        {
+            let ws = Tensor::empty(x.arena(), &[d.forward_workspace()], DType::F32, Tag::Workspace, OP)?;
+            if !hs.is_meta() {
+                with_float!(OP, x.dtype(), |T| {
+                    let state = match &st {
+                        Some((h, c)) => Some((h.data::<T>()?, c.data::<T>()?)),
+                        None => None,
+                    };
+                    k::seq_forward::<T>(
+                        d,
+                        reverse,
+                        x.data::<T>()?,
+                        w_ih.data::<T>()?,
+                        w_hh.data::<T>()?,
+                        Biases {
+                            ih: b_ih.as_ref().map(|b| b.data::<T>()).transpose()?,
+                            hh: b_hh.as_ref().map(|b| b.data::<T>()).transpose()?,
+                        },
+                        state,
+                        gates.data_mut::<T>()?,
+                        hs.data_mut::<T>()?,
+                        cs.data_mut::<T>()?,
+                        ws.data_mut::<f32>()?,
+                    )
+                });
+            }
+        }
+        let last = if reverse { 0 } else { steps - 1 };
+        let out = hs.permute(&[1, 0, 2])?;
+        let (h_n, c_n) = (hs.slice(0, last, last + 1)?.squeeze(0)?, cs.slice(0, last, last + 1)?.squeeze(0)?);
+        let mut inputs: Vec<&Tensor> = vec![self, &p.w_ih, &p.w_hh];
+        inputs.extend(biases.iter().copied());
+        if let Some((h, c)) = state {
+            inputs.extend([h, c]);
+        }
+        let wants: Vec<bool> = inputs.iter().map(|t| t.requires_grad_flag()).collect();
+        let nb = biases.len();
+        let mut saved = vec![x, w_ih, w_hh, gates, hs, cs];
+        if let Some((h, c)) = st {
+            saved.extend([h, c]);
+        }
+        let mut outs = record_many(OP, &inputs, vec![out, h_n, c_n], saved, move |s, g| {
+            let (x, w_ih, w_hh, gates, hs, cs) = (&s[0], &s[1], &s[2], &s[3], &s[4], &s[5]);
+            let st = s.get(6).zip(s.get(7));
+            let grad = |i: usize| g[i].as_ref().map(|t| t.contiguous_untracked(OP)).transpose();
+            let (dy, dh_n, dc_n) = (grad(0)?, grad(1)?, grad(2)?);
+            let want_state = st.is_some() && wants[3 + nb..].iter().any(|&w| w);
+            let like = |t: &Tensor, on: bool| on.then(|| output(OP, t, t.shape(), t.dtype())).transpose();
+            let dx = like(x, wants[0])?;
+            let dw_ih = like(w_ih, wants[1])?;
+            let dw_hh = like(w_hh, wants[2])?;
+            let dbias =
+                (wants[3..3 + nb].iter().any(|&w| w)).then(|| output(OP, x, &[w_hh.dim(0)], x.dtype())).transpose()?;
+            let (dh0, dc0) = match st {
+                Some((h, c)) if want_state => (like(h, true)?, like(c, true)?),
+                _ => (None, None),
+            };
+            let ws = Tensor::empty(x.arena(), &[d.backward_workspace()], DType::F32, Tag::Workspace, OP)?;
+            if !ws.is_meta() {
+                with_float!(OP, x.dtype(), |T| {
+                    let state = match st {
+                        Some((h, c)) => Some((h.data::<T>()?, c.data::<T>()?)),
+                        None => None,
+                    };
+                    k::seq_backward::<T>(
+                        d,
+                        reverse,
+                        x.data::<T>()?,
+                        w_ih.data::<T>()?,
+                        w_hh.data::<T>()?,
+                        state,
+                        gates.data::<T>()?,
+                        hs.data::<T>()?,
+                        cs.data::<T>()?,
+                        dy.as_ref().map(|t| t.data::<T>()).transpose()?,
+                        dh_n.as_ref().map(|t| t.data::<T>()).transpose()?,
+                        dc_n.as_ref().map(|t| t.data::<T>()).transpose()?,
+                        k::SeqGrads {
+                            dx: mut_of::<T>(&dx)?,
+                            w_ih: mut_of::<T>(&dw_ih)?,
+                            w_hh: mut_of::<T>(&dw_hh)?,
+                            bias: mut_of::<T>(&dbias)?,
+                            h0: mut_of::<T>(&dh0)?,
+                            c0: mut_of::<T>(&dc0)?,
+                        },
+                        ws.data_mut::<f32>()?,
+                    )
+                });
+            }
+            drop((ws, dy, dh_n, dc_n));
+            let mut grads = vec![dx, dw_ih, dw_hh];
+            for i in 0..nb {
+                grads.push(if wants[3 + i] { dbias.clone() } else { None });
+            }
+            if st.is_some() {
+                grads.extend([dh0, dc0]);
+            }
+            Ok(grads)
+        });
+        let c_n = outs.pop().expect("three outputs");
+        let h_n = outs.pop().expect("three outputs");
+        Ok((outs.pop().expect("three outputs"), (h_n, c_n)))
     }
 
     /// A bidirectional LSTM layer over `[B, T, in]`: `fwd` runs forward in
