@@ -3,6 +3,7 @@
 //! are copied into the arena under tag Data; only the current batch is.
 
 pub mod npy;
+pub mod stream;
 
 use crate::alloc::{Arena, Tag};
 use crate::error::{Error, Result};
