@@ -179,8 +179,8 @@ impl NpyDataset {
             }
             Source::Dir(dir) => Layout::Dir { files: open_dir(dir, a)? },
         };
-        let mut data = NpyDataset { layout, opts, sample_shape: Vec::new(), taps: lowpass_taps(1) };
-        data.taps = lowpass_taps(data.opts.downsample);
+        let taps = lowpass_taps(opts.downsample);
+        let mut data = NpyDataset { layout, opts, sample_shape: Vec::new(), taps };
         let longest = (0..data.len()).map(|i| data.frames(i)).max().unwrap_or(0);
         data.sample_shape = data.dims(0).to_vec();
         data.sample_shape[a] = longest;
