@@ -4,6 +4,7 @@
 //! copied into the arena under tag Data; only the current batch is.
 
 pub mod npy;
+pub mod stream;
 pub mod synthetic;
 
 use crate::model::Batch;

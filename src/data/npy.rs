@@ -7,7 +7,7 @@
 
 use std::fmt;
 use std::fs;
-use std::io;
+use std::io::{self, Seek};
 use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 6] = b"\x93NUMPY";
@@ -174,52 +174,50 @@ impl fmt::Display for NpyError {
             Some(p) => write!(f, "{}: ", p.display())?,
             None => write!(f, "npy data: ")?,
         }
+        f.write_str(&self.message())
+    }
+}
+
+impl NpyError {
+    /// What is wrong and how to fix it, without the file name (for callers
+    /// that put the file name in their own error).
+    pub fn message(&self) -> String {
         match self {
-            NpyError::Io { source, .. } => write!(f, "I/O error: {source}"),
-            NpyError::BadMagic { found, .. } => write!(
-                f,
+            NpyError::Io { source, .. } => format!("I/O error: {source}"),
+            NpyError::BadMagic { found, .. } => format!(
                 "not a .npy file: expected the magic bytes \\x93NUMPY at the start, found {}; \
                  write the array with numpy.save(path, x) (not savez, pickle or x.tofile)",
                 escape_bytes(found)
             ),
-            NpyError::UnsupportedVersion { major, minor, .. } => write!(
-                f,
+            NpyError::UnsupportedVersion { major, minor, .. } => format!(
                 "npy format version {major}.{minor} is not supported, expected 1.0, 2.0 or 3.0; \
                  re-save the array with numpy.save"
             ),
-            NpyError::Truncated { what, expected, found, .. } => write!(
-                f,
+            NpyError::Truncated { what, expected, found, .. } => format!(
                 "file is truncated: the {what} needs {expected} bytes but only {found} are present; \
                  the file was probably cut short (interrupted write or copy), re-create it with numpy.save"
             ),
-            NpyError::TrailingBytes { expected, found, .. } => write!(
-                f,
+            NpyError::TrailingBytes { expected, found, .. } => format!(
                 "found {found} data bytes after the header but shape x dtype size is {expected} bytes; \
                  the header does not describe the data, re-save the array with numpy.save"
             ),
-            NpyError::MalformedHeader { reason, header, .. } => write!(
-                f,
+            NpyError::MalformedHeader { reason, header, .. } => format!(
                 "malformed header ({reason}): found {header:?}, expected a dict like \
                  {{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }}; \
                  re-save the array with numpy.save"
             ),
-            NpyError::UnsupportedDtype { descr, .. } => write!(
-                f,
+            NpyError::UnsupportedDtype { descr, .. } => format!(
                 "dtype '{descr}' is not supported, expected one of {SUPPORTED}; \
                  convert it in Python first, e.g. np.save(path, x.astype('<f4'))"
             ),
-            NpyError::FortranOrder { .. } => write!(
-                f,
-                "array is stored in Fortran (column-major) order, expected C order; \
+            NpyError::FortranOrder { .. } => "array is stored in Fortran (column-major) order, expected C order; \
                  save it with np.save(path, numpy.ascontiguousarray(x))"
-            ),
-            NpyError::MalformedShape { found, .. } => write!(
-                f,
+                .to_string(),
+            NpyError::MalformedShape { found, .. } => format!(
                 "shape {found} is not a tuple of non-negative integers whose byte size fits in memory, \
                  expected e.g. (2, 3) or (5,) or (); re-save the array with numpy.save"
             ),
-            NpyError::DataSizeMismatch { expected, found, .. } => write!(
-                f,
+            NpyError::DataSizeMismatch { expected, found, .. } => format!(
                 "cannot write: shape x dtype size is {expected} bytes but {found} data bytes were given; \
                  pass exactly one element's bytes per entry of the shape"
             ),
@@ -243,6 +241,14 @@ fn escape_bytes(bytes: &[u8]) -> String {
 /// Parses the header of a whole `.npy` file held in memory and checks that
 /// the data that follows has exactly the size the header promises.
 pub fn parse_header(bytes: &[u8]) -> Result<NpyHeader, NpyError> {
+    parse_header_prefix(bytes, bytes.len())
+}
+
+/// Like [`parse_header`], from only the first bytes of a file of `file_len`
+/// bytes: `bytes` must hold the whole header, or the whole file if it is
+/// shorter. The data size is checked against `file_len`, so a large file's
+/// header is validated without reading its data.
+pub fn parse_header_prefix(bytes: &[u8], file_len: usize) -> Result<NpyHeader, NpyError> {
     let truncated = |what, expected, found| NpyError::Truncated { file: None, what, expected, found };
 
     // A short file that still matches the magic so far is truncated; anything
@@ -293,7 +299,7 @@ pub fn parse_header(bytes: &[u8]) -> Result<NpyHeader, NpyError> {
         .iter()
         .try_fold(dtype.size(), |acc, &d| acc.checked_mul(d))
         .ok_or_else(|| NpyError::MalformedShape { file: None, found: format_shape(&shape) })?;
-    let found = bytes.len() - data_offset;
+    let found = file_len.saturating_sub(data_offset);
     if found < data_len {
         return Err(truncated("data", data_len, found));
     }
@@ -313,6 +319,31 @@ pub fn read_npy(path: &Path) -> Result<(NpyHeader, Vec<u8>), NpyError> {
     Ok((header, bytes))
 }
 
+/// Validates a `.npy` file's header without reading its data: reads the
+/// first few KiB (more only if the header says it is longer) and checks the
+/// file's size against shape x dtype.
+pub fn read_header(path: &Path) -> Result<NpyHeader, NpyError> {
+    use std::io::Read;
+    let io_err = |source| NpyError::Io { file: Some(path.to_path_buf()), source };
+    let mut file = fs::File::open(path).map_err(io_err)?;
+    let file_len = file.metadata().map_err(io_err)?.len() as usize;
+    // NumPy's headers are a few hundred bytes; 4 KiB is one read.
+    let mut want = file_len.min(4096);
+    loop {
+        let mut prefix = vec![0u8; want];
+        file.seek(io::SeekFrom::Start(0)).map_err(io_err)?;
+        file.read_exact(&mut prefix).map_err(io_err)?;
+        match parse_header_prefix(&prefix, file_len) {
+            // The header is longer than what we read: read it all (or the
+            // whole file, which then reports how much of the header is there).
+            Err(NpyError::Truncated { what: "header", expected, .. }) if want < file_len => {
+                want = expected.min(file_len)
+            }
+            r => return r.map_err(|e| e.with_file(path)),
+        }
+    }
+}
+
 /// Writes a version 1.0 `.npy` file. `data` holds the raw little-endian
 /// elements in C order.
 pub fn write_npy(path: &Path, dtype: NpyDtype, shape: &[usize], data: &[u8]) -> Result<(), NpyError> {
@@ -324,7 +355,17 @@ pub fn write_npy(path: &Path, dtype: NpyDtype, shape: &[usize], data: &[u8]) -> 
     if data.len() != expected {
         return Err(err_file(NpyError::DataSizeMismatch { file: None, expected, found: data.len() }));
     }
+    let mut out = encode_header(dtype, shape).map_err(err_file)?;
+    out.extend_from_slice(data);
+    fs::write(path, out).map_err(|source| NpyError::Io { file: Some(path.to_path_buf()), source })
+}
 
+/// The bytes `numpy.save` writes before the data (version 1.0): magic,
+/// version, header length and the padded dict. Write this, then the data
+/// in chunks, to make a file larger than memory.
+pub fn encode_header(dtype: NpyDtype, shape: &[usize]) -> Result<Vec<u8>, NpyError> {
+    let malformed = || NpyError::MalformedShape { file: None, found: format_shape(shape) };
+    shape.iter().try_fold(dtype.size(), |acc, &d| acc.checked_mul(d)).ok_or_else(malformed)?;
     // Same dict layout as numpy.save, so the files are byte-identical.
     let mut header =
         format!("{{'descr': '{}', 'fortran_order': False, 'shape': {}, }}", dtype.descr(), format_shape(shape));
@@ -333,16 +374,14 @@ pub fn write_npy(path: &Path, dtype: NpyDtype, shape: &[usize], data: &[u8]) -> 
     let unpadded = MAGIC.len() + 2 + 2 + header.len() + 1;
     header.push_str(&" ".repeat((64 - unpadded % 64) % 64));
     header.push('\n');
-    let header_len = u16::try_from(header.len())
-        .map_err(|_| err_file(NpyError::MalformedShape { file: None, found: format_shape(shape) }))?;
+    let header_len = u16::try_from(header.len()).map_err(|_| malformed())?;
 
-    let mut out = Vec::with_capacity(10 + header.len() + data.len());
+    let mut out = Vec::with_capacity(10 + header.len());
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&[1, 0]);
     out.extend_from_slice(&header_len.to_le_bytes());
     out.extend_from_slice(header.as_bytes());
-    out.extend_from_slice(data);
-    fs::write(path, out).map_err(|source| NpyError::Io { file: Some(path.to_path_buf()), source })
+    Ok(out)
 }
 
 /// Python tuple syntax: `()`, `(5,)`, `(2, 3)`.
@@ -785,6 +824,29 @@ mod tests {
         assert!(matches!(err, NpyError::Io { .. }));
         assert!(std::error::Error::source(&err).is_some());
         assert!(err.to_string().contains("does_not_exist"));
+    }
+
+    #[test]
+    fn read_header_reads_headers_only_and_checks_the_file_size() {
+        assert_eq!(encode_header(NpyDtype::F32, &[2, 3]).unwrap(), &NUMPY_F4_2X3[..128]);
+        let path = temp_path("read_header");
+        fs::write(&path, NUMPY_F4_2X3).unwrap();
+        assert_eq!(read_header(&path).unwrap(), parse_header(NUMPY_F4_2X3).unwrap());
+        fs::write(&path, &NUMPY_F4_2X3[..NUMPY_F4_2X3.len() - 4]).unwrap();
+        let err = read_header(&path).unwrap_err();
+        assert!(matches!(err, NpyError::Truncated { what: "data", expected: 24, found: 20, file: Some(_) }));
+        assert!(err.to_string().starts_with(&path.display().to_string()));
+        assert!(!err.message().contains(&path.display().to_string()), "message() leaves the file out");
+
+        // A version 2.0 header longer than the first read (4 KiB).
+        let long = format!("{{'descr': '<i4', 'fortran_order': False, 'shape': (3,), }}{}", " ".repeat(5000));
+        let f = make_file(2, &long, 12);
+        fs::write(&path, &f).unwrap();
+        let h = read_header(&path).unwrap();
+        assert_eq!((h.dtype, h.shape.as_slice(), h.data_offset), (NpyDtype::I32, &[3][..], f.len() - 12));
+        fs::write(&path, &f[..4500]).unwrap();
+        assert!(matches!(read_header(&path), Err(NpyError::Truncated { what: "header", found: 4500, .. })));
+        fs::remove_file(&path).unwrap();
     }
 
     #[test]
