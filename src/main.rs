@@ -143,6 +143,14 @@ struct TrainArgs {
     /// Full passes over the data (default: the preset's, 8 for digits, 1 otherwise).
     #[arg(long)]
     epochs: Option<usize>,
+    /// Read the preset's data from .npy files in DIR (x.npy or x/, y.npy or
+    /// y/; see `data::files`), streamed batch by batch, instead of its
+    /// synthetic task.
+    #[arg(long, value_name = "DIR")]
+    data: Option<std::path::PathBuf>,
+    /// With --data: low-pass filter the inputs' time axis and keep every K-th frame.
+    #[arg(long, default_value_t = 1, value_name = "K")]
+    downsample: usize,
     /// Samples per micro-batch (default: the preset's).
     #[arg(long)]
     batch: Option<usize>,
@@ -226,6 +234,8 @@ impl TrainArgs {
         Ok(TrainConfig {
             model,
             steps: self.steps,
+            data_dir: self.data.clone(),
+            downsample: self.downsample,
             epochs: self.epochs.unwrap_or(base.epochs),
             batch: self.batch.unwrap_or(base.batch),
             lr: self.lr.unwrap_or(base.lr),

@@ -319,23 +319,30 @@ pub fn fit(cfg: &TrainConfig, budget: usize) -> Result<Vec<Candidate>> {
 pub fn preset_table() -> Result<String> {
     const BUDGET: usize = 2 << 30;
     let mut out = String::from(
-        "| preset | parameters | batch | f32 peak reserved | best plan under 2 GiB | its peak reserved |\n|---|---:|---:|---:|---|---:|\n",
+        "| preset | parameters | batch | f32 peak reserved | f32, naive attention | best plan under 2 GiB | its peak reserved |\n|---|---:|---:|---:|---:|---|---:|\n",
     );
     let all = crate::preset::presets();
     for p in all.iter().filter(|p| !p.name.ends_with("-tiny")) {
         let cfg = TrainConfig::preset(p.name)?;
         let f32_plan = plan(&cfg)?;
+        // Attention written with matmul + softmax, as plain framework code does.
+        let naive = if cfg.model.has_attention() {
+            let c = TrainConfig { attention: AttentionKind::Naive, ..cfg.clone() };
+            fmt_bytes(plan(&c)?.predicted_peak_reserved_bytes)
+        } else {
+            "—".to_string()
+        };
         let (best, peak) = match fit(&cfg, BUDGET) {
             Ok(c) => {
                 let c = &c[0];
                 (
                     format!(
-                        "micro {} × {}, {}, recompute {}, {} attention",
+                        "micro {} × {}, {}, recompute {}{}",
                         c.micro_batch,
                         c.accumulation,
                         c.precision.dtype(),
                         c.recompute,
-                        c.attention
+                        if cfg.model.has_attention() { format!(", {} attention", c.attention) } else { String::new() }
                     ),
                     fmt_bytes(c.predicted_peak_reserved_bytes),
                 )
@@ -343,7 +350,7 @@ pub fn preset_table() -> Result<String> {
             Err(e) => (format!("none fits: {e}"), "—".to_string()),
         };
         out += &format!(
-            "| `{}` | {} | {} | {} | {best} | {peak} |\n",
+            "| `{}` | {} | {} | {} | {naive} | {best} | {peak} |\n",
             p.name,
             f32_plan.parameters,
             p.batch,

@@ -93,6 +93,11 @@ pub struct TrainConfig {
     /// Samples of a synthetic task's training and held-out splits.
     pub train_samples: usize,
     pub test_samples: usize,
+    /// Read the preset's data from `.npy` files here (see `data::files`)
+    /// instead of its synthetic task.
+    pub data_dir: Option<PathBuf>,
+    /// Low-pass and keep every k-th input frame of `data_dir` (1 = off).
+    pub downsample: usize,
     /// Samples per micro-batch.
     pub batch: usize,
     /// Micro-batches per optimizer step: the effective batch is batch × accum.
@@ -143,6 +148,8 @@ impl Default for TrainConfig {
             model: ModelConfig::digits(64, 2, 128),
             train_samples: 0,
             test_samples: 0,
+            data_dir: None,
+            downsample: 1,
             batch: 32,
             accum: 1,
             steps: None,
@@ -497,6 +504,10 @@ impl Run {
 /// the digits classifier, the preset's synthetic task otherwise.
 pub fn datasets(cfg: &TrainConfig) -> Result<(Dataset, Dataset)> {
     match &cfg.model {
+        ModelConfig::Digits(_) if cfg.data_dir.is_some() => Err(Error::invalid(
+            "data",
+            "the digits preset trains on its embedded data; --data is for the other presets",
+        )),
         ModelConfig::Digits(c) => {
             let (train, test) = spoken_digits()?;
             if (train.frames, train.features, train.classes) != (c.frames, c.features, c.classes) {
@@ -510,6 +521,11 @@ pub fn datasets(cfg: &TrainConfig) -> Result<(Dataset, Dataset)> {
             }
             Ok((Dataset::Digits(train), Dataset::Digits(test)))
         }
+        m if cfg.data_dir.is_some() => {
+            let (train, test) =
+                crate::data::files::Files::open(cfg.data_dir.as_deref().unwrap_or(".".as_ref()), m, cfg.downsample)?;
+            Ok((Dataset::Files(train), Dataset::Files(test)))
+        }
         m => {
             let split = |n, offset| Dataset::Synthetic(Synthetic { model: m.clone(), n, offset, seed: 0 });
             Ok((split(cfg.train_samples, 0), split(cfg.test_samples, cfg.train_samples)))
@@ -521,9 +537,11 @@ pub fn datasets(cfg: &TrainConfig) -> Result<(Dataset, Dataset)> {
 /// everything that changes the arithmetic of a step.
 fn model_fingerprint(cfg: &TrainConfig) -> String {
     format!(
-        "{} {:?} samples={}/{} batch={}x{} lr={} seed={} precision={} attention={}",
+        "{} {:?} data={:?}/{} samples={}/{} batch={}x{} lr={} seed={} precision={} attention={}",
         cfg.preset,
         cfg.model,
+        cfg.data_dir,
+        cfg.downsample,
         cfg.train_samples,
         cfg.test_samples,
         cfg.batch,
@@ -632,6 +650,9 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainReport> {
     if cfg.progress {
         let data = match &run.data {
             Dataset::Digits(d) => format!("spoken digits: {} clips of {}×{} log-mel", d.n, d.frames, d.features),
+            Dataset::Files(f) => {
+                format!("{}: {} samples (streamed)", cfg.data_dir.as_deref().unwrap_or("?".as_ref()).display(), f.n)
+            }
             d => format!("its synthetic task: {} samples", d.len()),
         };
         eprintln!(

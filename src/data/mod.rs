@@ -3,6 +3,7 @@
 //! preset also has a synthetic task of its shapes (`synthetic`). Batches are
 //! copied into the arena under tag Data; only the current batch is.
 
+pub mod files;
 pub mod npy;
 pub mod stream;
 pub mod synthetic;
@@ -71,6 +72,8 @@ pub enum Dataset {
     Digits(Sequences),
     /// A preset's synthetic task.
     Synthetic(Synthetic),
+    /// `.npy` files on disk, streamed.
+    Files(files::Files),
 }
 
 impl Dataset {
@@ -78,6 +81,7 @@ impl Dataset {
         match self {
             Dataset::Digits(s) => s.n,
             Dataset::Synthetic(s) => s.n,
+            Dataset::Files(f) => f.n,
         }
     }
 
@@ -93,6 +97,7 @@ impl Dataset {
                 Ok(Batch { x, x_lengths: vec![s.frames; idx.len()], x_mask: None, y, y_in: None, y_lengths: vec![] })
             }
             Dataset::Synthetic(s) => s.batch(arena, idx, dtype),
+            Dataset::Files(f) => f.batch(arena, idx, dtype),
         }
     }
 
