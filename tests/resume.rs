@@ -111,6 +111,6 @@ fn a_checkpoint_of_another_model_is_refused() {
         .unwrap();
     assert!(out.status.success());
     let e = resume_error(&d);
-    assert!(e.contains("another model") && e.contains("dim=48"), "{e}");
+    assert!(e.contains("another model") && e.contains("dim: 48"), "{e}");
     let _ = std::fs::remove_dir_all(&d);
 }
