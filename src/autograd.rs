@@ -187,6 +187,64 @@ pub fn reset_saved_peak() {
     });
 }
 
+/// A storage the tape keeps alive for backward, as [`saved_storages`] lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SavedStorage {
+    /// Pool and offset of its block (see [`crate::alloc::Block::location`]).
+    pub location: (&'static str, usize),
+    /// Allocated (rounded) bytes of its block.
+    pub bytes: usize,
+    pub requested: usize,
+    /// Nodes that save it (views of one storage count as that storage).
+    pub nodes: usize,
+}
+
+/// Every storage this thread's tape saves, each once, in the order first
+/// saved. Built by walking the tape, not from the counters that saving
+/// keeps, so tests can hold one against the other.
+///
+/// ```
+/// use headroom::{autograd::saved_storages, Arena, DType, Tag, Tensor};
+/// let arena = Arena::host();
+/// let w = Tensor::full(&arena, &[4, 4], 0.5, DType::F32, Tag::Parameter).unwrap().requires_grad();
+/// let h = w.mul_scalar(2.0).unwrap(); // an op output...
+/// let y = h.mul(&h).unwrap();         // ...saved (twice) by mul
+/// let saved = saved_storages();
+/// assert_eq!(saved.len(), 1);
+/// assert_eq!((saved[0].bytes, saved[0].nodes), (512, 1));
+/// # drop(y); headroom::autograd::clear_tape();
+/// ```
+pub fn saved_storages() -> Vec<SavedStorage> {
+    TAPE.with(|tape| {
+        let mut out: Vec<SavedStorage> = Vec::new();
+        let mut index: HashMap<usize, usize> = HashMap::new();
+        for node in tape.borrow().iter() {
+            let mut seen_here = Vec::new();
+            for t in &node.saved {
+                let key = Arc::as_ptr(t.storage()) as usize;
+                if seen_here.contains(&key) {
+                    continue;
+                }
+                seen_here.push(key);
+                match index.get(&key) {
+                    Some(&i) => out[i].nodes += 1,
+                    None => {
+                        let b = t.storage().block();
+                        index.insert(key, out.len());
+                        out.push(SavedStorage {
+                            location: b.location(),
+                            bytes: b.size(),
+                            requested: b.requested(),
+                            nodes: 1,
+                        });
+                    }
+                }
+            }
+        }
+        out
+    })
+}
+
 /// Number of nodes on this thread's tape.
 pub fn tape_len() -> usize {
     TAPE.with(|t| t.borrow().len())

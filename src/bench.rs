@@ -63,6 +63,42 @@ enum Op {
         rows: usize,
         cols: usize,
     },
+    /// Over the last axis, with weight and bias `[cols]`.
+    LayerNorm {
+        rows: usize,
+        cols: usize,
+    },
+    /// Logits `[rows, classes]` against i32 targets `[rows]`.
+    CrossEntropy {
+        rows: usize,
+        classes: usize,
+    },
+    /// Fused attention forward, no mask: q, k, v `[batch, heads, n, d]`.
+    Attention {
+        batch: usize,
+        heads: usize,
+        n: usize,
+        d: usize,
+    },
+    /// `[batch, cin, hw, hw]` with a `[cout, cin, k, k]` kernel, stride 1,
+    /// padding k/2 (same-size output).
+    Conv2d {
+        batch: usize,
+        cin: usize,
+        hw: usize,
+        cout: usize,
+        k: usize,
+    },
+    /// `tokens` rows gathered from a `[vocab, dim]` table.
+    Embedding {
+        vocab: usize,
+        dim: usize,
+        tokens: usize,
+    },
+    /// One AdamW step over `n` f32 parameters (gradients in the spec's dtype).
+    AdamW {
+        n: usize,
+    },
 }
 
 /// One benchmark: a kernel on one shape and dtype.
@@ -73,13 +109,19 @@ pub struct Spec {
 }
 
 /// Kernel names with what each runs, in `--list` order.
-pub const KERNELS: [(&str, &str); 6] = [
+pub const KERNELS: [(&str, &str); 12] = [
     ("matmul", "Tensor::matmul: square, transformer-shaped (tokens x d) @ (d x 4d), batched attention-shaped"),
     ("add", "Tensor::add of a bias row broadcast over a matrix"),
     ("gelu", "Tensor::gelu (exact erf)"),
     ("softmax", "Tensor::softmax over the last axis (rows)"),
     ("sum", "Tensor::sum over rows (axis -1) and over columns (axis 0)"),
     ("copy", "Tensor::contiguous of a transposed view"),
+    ("layer_norm", "Tensor::layer_norm over the last axis with weight and bias"),
+    ("cross_entropy", "Tensor::cross_entropy of logits [N, C] against i32 targets (log-softmax fused in)"),
+    ("attention", "ops::attention, fused forward without a mask, q k v [B, H, N, D]"),
+    ("conv2d", "Tensor::conv2d, 3x3 kernel, stride 1, same padding"),
+    ("embedding", "Tensor::embedding: rows of a [V, D] table gathered by i32 ids"),
+    ("adamw", "AdamW::step over one flat f32 parameter with its gradient"),
 ];
 
 /// Every benchmark, in `--list` order.
@@ -114,6 +156,18 @@ pub fn specs() -> Vec<Spec> {
         s(Sum { rows: big.0, cols: big.1, axis: -1 }, F32),
         s(Copy { rows: mid.0, cols: mid.1 }, F32),
         s(Copy { rows: big.0, cols: big.1 }, F32),
+        s(LayerNorm { rows: mid.0, cols: mid.1 }, F32),
+        s(LayerNorm { rows: mid.0, cols: mid.1 }, BF16),
+        s(CrossEntropy { rows: mid.0, classes: mid.1 }, F32),
+        s(CrossEntropy { rows: mid.0, classes: mid.1 }, BF16),
+        // 4 sequences of 512 frames, 8 heads of 64: one encoder layer's attention.
+        s(Attention { batch: 4, heads: 8, n: 512, d: 64 }, F32),
+        s(Attention { batch: 4, heads: 8, n: 512, d: 64 }, BF16),
+        s(Conv2d { batch: 8, cin: 64, hw: 32, cout: 64, k: 3 }, F32),
+        // 4096 tokens from a 32k vocabulary of width 512.
+        s(Embedding { vocab: 32000, dim: 512, tokens: 4096 }, F32),
+        s(AdamW { n: 1 << 24 }, F32),
+        s(AdamW { n: 1 << 24 }, BF16),
     ]
 }
 
@@ -126,6 +180,12 @@ impl Spec {
             Op::Softmax { .. } => "softmax",
             Op::Sum { .. } => "sum",
             Op::Copy { .. } => "copy",
+            Op::LayerNorm { .. } => "layer_norm",
+            Op::CrossEntropy { .. } => "cross_entropy",
+            Op::Attention { .. } => "attention",
+            Op::Conv2d { .. } => "conv2d",
+            Op::Embedding { .. } => "embedding",
+            Op::AdamW { .. } => "adamw",
         }
     }
 
@@ -137,33 +197,58 @@ impl Spec {
             Op::Gelu { rows, cols } | Op::Softmax { rows, cols } => format!("{rows}x{cols}"),
             Op::Sum { rows, cols, axis } => format!("{rows}x{cols} axis {axis}"),
             Op::Copy { rows, cols } => format!("({cols}x{rows}).T"),
+            Op::LayerNorm { rows, cols } => format!("{rows}x{cols}"),
+            Op::CrossEntropy { rows, classes } => format!("{rows}x{classes} logits"),
+            Op::Attention { batch, heads, n, d } => format!("B{batch} H{heads} N{n} D{d}"),
+            Op::Conv2d { batch, cin, hw, cout, k } => format!("{batch}x{cin}x{hw}x{hw} * {cout}x{cin}x{k}x{k}"),
+            Op::Embedding { vocab, dim, tokens } => format!("{tokens} ids of {vocab}x{dim}"),
+            Op::AdamW { n } => format!("{n} params"),
         }
     }
 
     pub fn bound(&self) -> Bound {
         match self.op {
-            Op::Matmul { .. } => Bound::Compute,
+            Op::Matmul { .. } | Op::Attention { .. } | Op::Conv2d { .. } => Bound::Compute,
             _ => Bound::Memory,
         }
     }
 
-    /// Floating-point operations per call (multiply and add counted apart).
+    /// Floating-point operations per call (multiply and add counted apart)
+    /// of the products that bound a compute-bound kernel; 0 for the rest.
     pub fn flops(&self) -> f64 {
         match self.op {
             Op::Matmul { batch, m, k, n } => 2.0 * (batch * m * k * n) as f64,
+            // Q·Kᵀ and P·V, 2·N·N·D each per (batch, head); the softmax's
+            // exponentials are not counted.
+            Op::Attention { batch, heads, n, d } => 4.0 * (batch * heads * n * n * d) as f64,
+            // Same-size output: 2·C·k² per output element.
+            Op::Conv2d { batch, cin, hw, cout, k } => 2.0 * (batch * cout * hw * hw * cin * k * k) as f64,
             _ => 0.0,
         }
     }
 
     /// Bytes a call must move at least: inputs read once, output written once.
     pub fn bytes(&self) -> f64 {
+        let size = self.dtype.size();
         let elems = match self.op {
             Op::Matmul { batch, m, k, n } => batch * (m * k + k * n + m * n),
             Op::Add { rows, cols } => 2 * rows * cols + cols,
             Op::Gelu { rows, cols } | Op::Softmax { rows, cols } | Op::Copy { rows, cols } => 2 * rows * cols,
             Op::Sum { rows, cols, axis } => rows * cols + if axis == 0 { cols } else { rows },
+            // x in, y out, weight and bias.
+            Op::LayerNorm { rows, cols } => 2 * rows * cols + 2 * cols,
+            // Logits in and the scalar loss out; i32 targets in and one f32
+            // log-sum-exp per row out are added below.
+            Op::CrossEntropy { rows, classes } => return ((rows * classes + 1) * size + 8 * rows) as f64,
+            // q, k, v in, the output out; one f32 log-sum-exp per row out.
+            Op::Attention { batch, heads, n, d } => return (batch * heads * n * (4 * d * size + 4)) as f64,
+            Op::Conv2d { batch, cin, hw, cout, k } => batch * (cin + cout) * hw * hw + cout * cin * k * k,
+            // The gathered rows in, the output out, i32 ids in.
+            Op::Embedding { dim, tokens, .. } => return (2 * tokens * dim * size + 4 * tokens) as f64,
+            // f32 weight, exp_avg, exp_avg_sq read and written; the gradient read.
+            Op::AdamW { n } => return (n * (6 * 4 + size)) as f64,
         };
-        (elems * self.dtype.size()) as f64
+        (elems * size) as f64
     }
 
     /// Allocate the inputs on `arena` and return the call to time.
@@ -199,6 +284,40 @@ impl Spec {
             Op::Copy { rows, cols } => {
                 let t = randn(&[cols, rows], 1.0)?.transpose(0, 1)?;
                 Box::new(move || keep(t.contiguous()?))
+            }
+            Op::LayerNorm { rows, cols } => {
+                let (x, w, b) = (randn(&[rows, cols], 1.0)?, randn(&[cols], 1.0)?, randn(&[cols], 1.0)?);
+                Box::new(move || keep(x.layer_norm(Some(&w), Some(&b), 1e-5)?))
+            }
+            Op::CrossEntropy { rows, classes } => {
+                let x = randn(&[rows, classes], 1.0)?;
+                let ids: Vec<i32> = (0..rows).map(|i| ((i * 7919) % classes) as i32).collect();
+                let y = Tensor::from_slice(arena, &[rows], &ids, Tag::Data)?;
+                Box::new(move || keep(x.cross_entropy(&y, None, 0.0)?))
+            }
+            Op::Attention { batch, heads, n, d } => {
+                let shape = [batch, heads, n, d];
+                let (q, k, v) = (randn(&shape, 1.0)?, randn(&shape, 1.0)?, randn(&shape, 1.0)?);
+                let opts = crate::ops::AttentionOptions::default();
+                Box::new(move || keep(crate::ops::attention(&q, &k, &v, &opts)?))
+            }
+            Op::Conv2d { batch, cin, hw, cout, k } => {
+                let (x, w) = (randn(&[batch, cin, hw, hw], 1.0)?, randn(&[cout, cin, k, k], 0.1)?);
+                let p = k / 2;
+                Box::new(move || keep(x.conv2d(&w, None, [1, 1], [p, p], [1, 1])?))
+            }
+            Op::Embedding { vocab, dim, tokens } => {
+                let table = randn(&[vocab, dim], 1.0)?;
+                let ids: Vec<i32> = (0..tokens).map(|i| ((i * 7919) % vocab) as i32).collect();
+                let ids = Tensor::from_slice(arena, &[tokens], &ids, Tag::Data)?;
+                Box::new(move || keep(table.embedding(&ids)?))
+            }
+            Op::AdamW { n } => {
+                use crate::optim::{AdamW, AdamWConfig, Optimizer};
+                let w = Tensor::randn(arena, &[n], 1.0, DType::F32, Tag::Parameter, &mut rng)?.requires_grad();
+                w.set_grad(Some(Tensor::randn(arena, &[n], 1e-3, dt, Tag::Gradient, &mut rng)?));
+                let mut opt = AdamW::new(vec![w], AdamWConfig::default())?;
+                Box::new(move || opt.step())
             }
         };
         Ok(Case { spec: *self, run })
@@ -484,9 +603,9 @@ pub struct Options {
 pub fn list() -> String {
     let mut out = String::new();
     for (name, what) in KERNELS {
-        out += &format!("{name:<8} {what}\n");
+        out += &format!("{name:<13} {what}\n");
         for s in specs().iter().filter(|s| s.kernel() == name) {
-            out += &format!("         {:<28} {}\n", s.shape(), s.dtype);
+            out += &format!("{:14}{:<30} {}\n", "", s.shape(), s.dtype);
         }
     }
     out
@@ -547,8 +666,12 @@ fn run_in_pool(opts: &Options, specs: &[Spec], threads: usize, out: &mut dyn Wri
         writeln!(out, "measured peak bandwidth: {:.1} GB/s ({})", m.bandwidth_gbs, m.bandwidth_derivation)
             .map_err(io)?;
         writeln!(out, "matmul runs on matrixmultiply's own pool of {} threads\n", m.matmul_threads).map_err(io)?;
-        writeln!(out, "{:<8} {:<28} {:<5} {:>10} {:>16} {:>7}", "kernel", "shape", "dtype", "median", "rate", "% peak")
-            .map_err(io)?;
+        writeln!(
+            out,
+            "{:<13} {:<30} {:<5} {:>10} {:>16} {:>7}",
+            "kernel", "shape", "dtype", "median", "rate", "% peak"
+        )
+        .map_err(io)?;
     }
     for spec in specs {
         let mut case = spec.build(&arena)?;
@@ -563,14 +686,17 @@ fn run_in_pool(opts: &Options, specs: &[Spec], threads: usize, out: &mut dyn Wri
             };
             let median = fmt_secs(r.median_s);
             let share = 100.0 * r.peak_share;
-            writeln!(out, "{:<8} {:<28} {:<5} {median:>10} {rate:>16} {share:>6.1}%", r.kernel, r.shape, r.dtype)
+            writeln!(out, "{:<13} {:<30} {:<5} {median:>10} {rate:>16} {share:>6.1}%", r.kernel, r.shape, r.dtype)
                 .map_err(io)?;
         }
         out.flush().map_err(io)?;
     }
     if !opts.json {
-        writeln!(out, "\n% peak: of the compute peak for matmul, of the measured bandwidth for the rest")
-            .map_err(io)?;
+        writeln!(
+            out,
+            "\n% peak: of the compute peak for matmul, attention and conv2d, of the measured bandwidth for the rest"
+        )
+        .map_err(io)?;
     }
     Ok(())
 }

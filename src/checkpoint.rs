@@ -58,6 +58,36 @@ fn sync_dir(path: &Path) -> Result<()> {
 
 /// Write a checkpoint of `tensors` (name, f32 tensor) and `state` into `dir`.
 /// Returns the checkpoint's directory.
+///
+/// ```
+/// use headroom::checkpoint::{load_latest, save, TrainerState, FORMAT};
+/// use headroom::{Arena, DType, Tag, Tensor};
+/// let dir = std::env::temp_dir().join(format!("headroom-doc-save-{}", std::process::id()));
+/// let arena = Arena::host();
+/// let w = Tensor::from_f32(&arena, &[2, 2], &[1., 2., 3., 4.], DType::F32, Tag::Parameter).unwrap();
+/// let state = TrainerState {
+///     format: FORMAT.to_string(),
+///     step: 7,
+///     rng_state: 42,
+///     loss_scale: 1.0,
+///     clean_steps: 0,
+///     order: vec![1, 0],
+///     position: 1,
+///     micro_batch: 1,
+///     accumulation: 2,
+///     oom_recoveries: 0,
+///     skipped_steps: 0,
+///     loss_first: 2.5,
+///     adam_steps: vec![7],
+///     model: "my model".into(),
+/// };
+/// let path = save(&dir, &[("w".to_string(), w)], &state).unwrap();
+/// assert!(path.ends_with("step-00000007"));
+/// let mut back = load_latest(&dir).unwrap();
+/// assert_eq!(back.state, state);
+/// assert_eq!(back.take("w", &[2, 2]).unwrap(), [1., 2., 3., 4.]);
+/// std::fs::remove_dir_all(&dir).unwrap();
+/// ```
 pub fn save(dir: &Path, tensors: &[(String, Tensor)], state: &TrainerState) -> Result<PathBuf> {
     fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
     let name = format!("step-{:08}", state.step);
@@ -112,6 +142,13 @@ pub struct Loaded {
 
 /// Read the checkpoint `latest` names in `dir`. Every failure says which
 /// file is wrong and why; nothing half-read is returned.
+///
+/// ```
+/// use headroom::checkpoint::load_latest;
+/// let empty = std::env::temp_dir().join(format!("headroom-doc-none-{}", std::process::id()));
+/// let err = load_latest(&empty).err().unwrap().to_string();
+/// assert!(err.contains("latest") && err.contains("no checkpoint to resume from"), "{err}");
+/// ```
 pub fn load_latest(dir: &Path) -> Result<Loaded> {
     let latest = dir.join("latest");
     let name = fs::read_to_string(&latest).map_err(|e| {
@@ -132,7 +169,13 @@ pub fn load(path: &Path) -> Result<Loaded> {
         io(&state_path, format!("not a headroom trainer state ({e}); the file is truncated or foreign"))
     })?;
     if state.format != FORMAT {
-        return Err(io(&state_path, format!("format `{}`, expected `{FORMAT}`", state.format)));
+        return Err(io(
+            &state_path,
+            format!(
+                "format `{}`, expected `{FORMAT}`: a foreign checkpoint, or one from another headroom version",
+                state.format
+            ),
+        ));
     }
     let model_path = path.join("model.safetensors");
     let bytes = fs::read(&model_path).map_err(|e| io(&model_path, e))?;
@@ -143,7 +186,10 @@ pub fn load(path: &Path) -> Result<Loaded> {
         if view.dtype() != Dtype::F32 {
             return Err(io(
                 &model_path,
-                format!("tensor `{name}` is {:?}; headroom checkpoints hold f32", view.dtype()),
+                format!(
+                    "tensor `{name}` is stored as {:?}; headroom checkpoints hold f32, so this file was not written by headroom",
+                    view.dtype()
+                ),
             ));
         }
         let values: Vec<f32> =

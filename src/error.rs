@@ -31,7 +31,9 @@ pub enum Error {
         op: &'static str,
         msg: String,
     },
-    OutOfMemory(OutOfMemory),
+    /// Boxed: it carries every figure of the arena, and every `Result`
+    /// in the engine is as large as its error.
+    OutOfMemory(Box<OutOfMemory>),
     Io {
         path: String,
         msg: String,
@@ -82,6 +84,6 @@ impl std::error::Error for Error {}
 
 impl From<OutOfMemory> for Error {
     fn from(e: OutOfMemory) -> Error {
-        Error::OutOfMemory(e)
+        Error::OutOfMemory(Box::new(e))
     }
 }

@@ -49,7 +49,10 @@ impl Linear {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (inputs, outputs) = (self.weight.dim(1), self.weight.dim(0));
+        // The weight is a public field: check it as well as the input.
+        let &[outputs, inputs] = self.weight.shape() else {
+            return Err(Error::shape("linear", format!("weight {:?} must be [out, in]", self.weight.shape())));
+        };
         if x.rank() == 0 || x.dim(-1) != inputs {
             return Err(Error::shape(
                 "linear",
@@ -72,7 +75,22 @@ impl Linear {
     }
 }
 
-/// Layer normalisation over the last dimension.
+/// Layer normalisation over the last dimension, with a learned scale
+/// (initially 1) and shift (initially 0).
+///
+/// ```
+/// use headroom::{nn::LayerNorm, Arena, DType, Tag, Tensor};
+/// let arena = Arena::host();
+/// let ln = LayerNorm::new(&arena, 4).unwrap();
+/// let x = Tensor::from_f32(&arena, &[1, 4], &[1., 2., 3., 4.], DType::F32, Tag::Data).unwrap();
+/// let y = ln.forward(&x).unwrap().to_vec_f32().unwrap();
+/// // Zero mean, unit variance: (4 − 2.5) / √(1.25 + 1e-5) ≈ 1.3416.
+/// assert!(y.iter().sum::<f32>().abs() < 1e-6);
+/// assert!((y[3] - 1.3416).abs() < 1e-3);
+/// let mut names = Vec::new();
+/// ln.params("ln.", &mut names);
+/// assert_eq!(names.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["ln.weight", "ln.bias"]);
+/// ```
 #[derive(Clone)]
 pub struct LayerNorm {
     pub weight: Tensor,
@@ -97,6 +115,23 @@ impl LayerNorm {
 /// Multi-head self-attention. With `kind` Fused (the default) it keeps
 /// activations linear in T; Naive keeps the B×H×T×T probabilities for
 /// backward, as attention written with matmul and softmax does.
+///
+/// ```
+/// use headroom::{nn::SelfAttention, ops::AttentionKind, rng::Rng, Arena, DType, Tag, Tensor};
+/// let arena = Arena::host();
+/// let mut rng = Rng::new(0);
+/// let mut attn = SelfAttention::new(&arena, 32, 4, &mut rng).unwrap(); // 4 heads of 8
+/// let x = Tensor::randn(&arena, &[2, 10, 32], 1.0, DType::F32, Tag::Data, &mut rng).unwrap();
+/// // Sequence 1 has 3 padded frames at its end: no query sees them.
+/// let pad: Vec<u8> = (0..20).map(|i| (i >= 17) as u8).collect();
+/// let pad = Tensor::from_slice(&arena, &[2, 10], &pad, Tag::Data).unwrap();
+/// let fused = attn.forward(&x, Some(&pad)).unwrap().to_vec_f32().unwrap();
+/// attn.kind = AttentionKind::Naive;
+/// let naive = attn.forward(&x, Some(&pad)).unwrap().to_vec_f32().unwrap();
+/// assert_eq!(fused.len(), 2 * 10 * 32);
+/// assert!(fused.iter().zip(&naive).all(|(a, b)| (a - b).abs() < 1e-5));
+/// assert!(SelfAttention::new(&arena, 30, 4, &mut rng).is_err()); // 30 does not split into 4 heads
+/// ```
 #[derive(Clone)]
 pub struct SelfAttention {
     pub qkv: Linear,
@@ -151,6 +186,19 @@ impl SelfAttention {
 }
 
 /// Two linear layers with GELU between.
+///
+/// ```
+/// use headroom::{nn::Mlp, rng::Rng, Arena, DType, Tag, Tensor};
+/// let arena = Arena::host();
+/// let mlp = Mlp::new(&arena, 16, 64, &mut Rng::new(0)).unwrap();
+/// let x = Tensor::zeros(&arena, &[3, 5, 16], DType::F32, Tag::Data).unwrap();
+/// assert_eq!(mlp.forward(&x).unwrap().shape(), &[3, 5, 16]);
+/// let mut params = Vec::new();
+/// mlp.params("mlp.", &mut params);
+/// let names: Vec<&str> = params.iter().map(|(n, _)| n.as_str()).collect();
+/// assert_eq!(names, ["mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight", "mlp.fc2.bias"]);
+/// assert_eq!(params[0].1.shape(), &[64, 16]); // PyTorch's [out, in]
+/// ```
 #[derive(Clone)]
 pub struct Mlp {
     pub fc1: Linear,
@@ -170,7 +218,25 @@ impl Mlp {
     }
 }
 
-/// A pre-norm transformer encoder block.
+/// A pre-norm transformer encoder block:
+/// `x + drop(attn(ln1(x)))`, then `x + drop(mlp(ln2(x)))`.
+///
+/// ```
+/// use headroom::{autograd::backward, nn::Block, rng::Rng, Arena, DType, Tag, Tensor};
+/// let arena = Arena::host();
+/// let mut rng = Rng::new(0);
+/// let block = Block::new(&arena, 32, 4, 64, 0.1, &mut rng).unwrap();
+/// let x = Tensor::randn(&arena, &[2, 8, 32], 1.0, DType::F32, Tag::Data, &mut rng).unwrap();
+/// // With an rng: training, dropout on. The same rng state gives the same masks.
+/// let y = block.forward(&x, None, Some(&mut rng.clone())).unwrap();
+/// let again = block.forward(&x, None, Some(&mut rng.clone())).unwrap();
+/// assert_eq!(y.to_vec_f32().unwrap(), again.to_vec_f32().unwrap());
+/// backward(&y.sum_all().unwrap()).unwrap();
+/// assert!(block.mlp.fc1.weight.grad().is_some());
+/// let mut params = Vec::new();
+/// block.params("", &mut params);
+/// assert_eq!(params.len(), 12); // 2 norms × 2, qkv and out × 2, fc1 and fc2 × 2
+/// ```
 #[derive(Clone)]
 pub struct Block {
     pub ln1: LayerNorm,

@@ -216,9 +216,10 @@ impl Tensor {
     // ---- creation ----
 
     /// A tensor whose contents are unspecified (the op that asks writes every element).
+    /// A shape whose bytes do not fit in memory at all is an error naming `label`.
     pub fn empty(arena: &Arena, shape: &[usize], dtype: DType, tag: Tag, label: &'static str) -> Result<Tensor> {
-        let numel: usize = shape.iter().product();
-        let block = arena.alloc(numel * dtype.size(), tag, label)?;
+        let (numel, bytes) = sized(label, shape, dtype)?;
+        let block = arena.alloc(bytes, tag, label)?;
         let storage = Arc::new(Storage { block, dtype, numel, saves: AtomicU32::new(0) });
         Ok(Tensor::from_storage(storage, shape.to_vec(), contiguous_strides(shape), 0, false, true))
     }
@@ -268,7 +269,7 @@ impl Tensor {
         if arena.backing() == Backing::Meta {
             return Tensor::empty(arena, shape, dtype, tag, "from_f32"); // planning: bytes, not values
         }
-        let n = shape.iter().product();
+        let (n, _) = sized("randn", shape, dtype)?;
         let v: Vec<f32> = (0..n).map(|_| rng.normal() * std).collect();
         Tensor::from_f32(arena, shape, &v, dtype, tag)
     }
@@ -285,7 +286,7 @@ impl Tensor {
         if arena.backing() == Backing::Meta {
             return Tensor::empty(arena, shape, dtype, tag, "from_f32");
         }
-        let n = shape.iter().product();
+        let (n, _) = sized("uniform", shape, dtype)?;
         let v: Vec<f32> = (0..n).map(|_| (rng.uniform() * 2.0 - 1.0) * bound).collect();
         Tensor::from_f32(arena, shape, &v, dtype, tag)
     }
@@ -362,8 +363,21 @@ impl Tensor {
     pub fn rank(&self) -> usize {
         self.0.shape.len()
     }
-    /// Size of dimension `d`; negative counts from the end.
-    pub fn dim(&self, d: isize) -> usize {
+    /// Size of dimension `d` (negative counts from the end), or an error
+    /// when the tensor has no such dimension.
+    ///
+    /// ```
+    /// use headroom::{Arena, DType, Tag, Tensor};
+    /// let x = Tensor::zeros(&Arena::host(), &[2, 3], DType::F32, Tag::Data).unwrap();
+    /// assert_eq!(x.size(-1).unwrap(), 3);
+    /// assert!(x.size(2).unwrap_err().to_string().contains("[2, 3]"));
+    /// ```
+    pub fn size(&self, d: isize) -> Result<usize> {
+        Ok(self.0.shape[self.check_axis("size", d)?])
+    }
+    /// Size of dimension `d` for ops that have already checked the rank
+    /// (panics otherwise, so it is not public: users call [`Tensor::size`]).
+    pub(crate) fn dim(&self, d: isize) -> usize {
         self.0.shape[self.axis(d)]
     }
     /// Resolve a possibly negative axis (panics on out of range: use `check_axis` for user input).
@@ -430,11 +444,15 @@ impl Tensor {
 
     // ---- gradient of a leaf ----
 
+    // A panic elsewhere while the lock was held must not make `.grad` panic too.
+    fn grad_slot(&self) -> std::sync::MutexGuard<'_, Option<Tensor>> {
+        self.0.grad.lock().unwrap_or_else(|e| e.into_inner())
+    }
     pub fn grad(&self) -> Option<Tensor> {
-        self.0.grad.lock().unwrap().clone()
+        self.grad_slot().clone()
     }
     pub fn set_grad(&self, g: Option<Tensor>) {
-        *self.0.grad.lock().unwrap() = g;
+        *self.grad_slot() = g;
     }
     /// Drop the gradient (its bytes go back to the arena).
     pub fn zero_grad(&self) {
@@ -524,8 +542,25 @@ impl Tensor {
     }
 }
 
+/// Elements and bytes of `shape` in `dtype`, or an error naming `op` when
+/// either overflows `isize::MAX` (Rust's limit for one object, far past any
+/// memory): a wrapped product would be a tiny block read as a huge tensor.
+pub(crate) fn sized(op: &'static str, shape: &[usize], dtype: DType) -> Result<(usize, usize)> {
+    let numel = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+    match numel.and_then(|n| Some((n, n.checked_mul(dtype.size())?))) {
+        Some((n, bytes)) if bytes <= isize::MAX as usize => Ok((n, bytes)),
+        _ => Err(Error::invalid(
+            op,
+            format!(
+                "shape {shape:?} of {dtype} is more than {} bytes, larger than any memory; check the dimensions",
+                isize::MAX
+            ),
+        )),
+    }
+}
+
 fn check_len(op: &'static str, shape: &[usize], len: usize) -> Result<()> {
-    let n: usize = shape.iter().product();
+    let (n, _) = sized(op, shape, DType::U8)?;
     if n != len {
         return Err(Error::shape(op, format!("shape {shape:?} holds {n} elements but {len} values were given")));
     }
@@ -533,7 +568,8 @@ fn check_len(op: &'static str, shape: &[usize], len: usize) -> Result<()> {
 }
 
 /// Storage offsets of a strided layout, in row-major order of its indices.
-pub struct StridedIter {
+/// `shape` and `strides` must have one length (ops build them from a tensor).
+pub(crate) struct StridedIter {
     shape: Vec<usize>,
     strides: Vec<usize>,
     index: Vec<usize>,

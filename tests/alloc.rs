@@ -2,6 +2,7 @@
 
 use headroom::alloc::{Arena, ArenaConfig, Backing, Block, OomReason, Tag, TraceKind, GRANULE, PAGE_SIZE, SMALL_LIMIT};
 use headroom::rng::Rng;
+use std::collections::BTreeSet;
 
 const MIB: usize = 1 << 20;
 
@@ -22,8 +23,67 @@ struct Live {
     requested: usize,
 }
 
+/// The figures the arena must report, computed here from the live blocks
+/// and the page rule alone (docs/MEMORY.md §1): a 2 MiB page is committed
+/// once a block touches it and stays so until a cache flush (`empty_cache`
+/// or a budget miss's retry) finds no live block on it.
+#[derive(Default)]
+struct Model {
+    requested_peak: usize,
+    allocated_peak: usize,
+    tag_requested_peak: [usize; 7],
+    tag_allocated_peak: [usize; 7],
+    committed: [BTreeSet<usize>; 2], // page indices of the small and large pool
+    reserved_peak: usize,
+    flushes: u64,
+}
+
+fn pages(l: &Live) -> (usize, std::ops::Range<usize>) {
+    let (pool, off) = l.block.location();
+    let end = (off + l.block.size()).div_ceil(PAGE_SIZE);
+    ((pool == "large") as usize, off / PAGE_SIZE..end)
+}
+
+impl Model {
+    fn reserved(&self) -> usize {
+        (self.committed[0].len() + self.committed[1].len()) * PAGE_SIZE
+    }
+
+    /// Bring the model up to date after an alloc, a free or `empty_cache`.
+    fn sync(&mut self, arena: &Arena, live: &[Live]) {
+        let flushes = arena.stats().cache_flushes;
+        if flushes != self.flushes {
+            // A flush ran (before any block this call added was placed):
+            // only pages under live blocks stay committed.
+            self.flushes = flushes;
+            let mut keep: [BTreeSet<usize>; 2] = Default::default();
+            for l in live {
+                let (pool, range) = pages(l);
+                keep[pool].extend(range);
+            }
+            for (committed, keep) in self.committed.iter_mut().zip(&keep) {
+                committed.retain(|p| keep.contains(p));
+            }
+        }
+        for l in live {
+            let (pool, range) = pages(l);
+            self.committed[pool].extend(range);
+        }
+        self.reserved_peak = self.reserved_peak.max(self.reserved());
+        let (req, alloc) = live.iter().fold((0, 0), |(r, a), l| (r + l.requested, a + l.block.size()));
+        self.requested_peak = self.requested_peak.max(req);
+        self.allocated_peak = self.allocated_peak.max(alloc);
+        for (i, tag) in Tag::ALL.into_iter().enumerate() {
+            let mine = live.iter().filter(|l| l.tag == tag);
+            let (req, alloc) = mine.fold((0, 0), |(r, a), l| (r + l.requested, a + l.block.size()));
+            self.tag_requested_peak[i] = self.tag_requested_peak[i].max(req);
+            self.tag_allocated_peak[i] = self.tag_allocated_peak[i].max(alloc);
+        }
+    }
+}
+
 /// Check every invariant between the arena's figures and the live blocks.
-fn check(arena: &Arena, live: &[Live], peak_seen: usize) {
+fn check(arena: &Arena, live: &[Live], model: &Model) {
     let s = arena.stats();
     let mut spans: Vec<(&str, usize, usize)> = live
         .iter()
@@ -45,15 +105,21 @@ fn check(arena: &Arena, live: &[Live], peak_seen: usize) {
         assert_eq!(pool == "small", l.block.size() <= SMALL_LIMIT);
         assert_eq!(l.block.size(), l.requested.max(1).div_ceil(GRANULE) * GRANULE);
     }
-    for tag in Tag::ALL {
+    for (i, tag) in Tag::ALL.into_iter().enumerate() {
         let mine = live.iter().filter(|l| l.tag == tag);
         let (req, alloc) = mine.fold((0, 0), |(r, a), l| (r + l.requested, a + l.block.size()));
         assert_eq!(s.tag(tag).requested.current, req, "{tag} requested");
         assert_eq!(s.tag(tag).allocated.current, alloc, "{tag} allocated");
+        assert_eq!(s.tag(tag).requested.peak, model.tag_requested_peak[i], "{tag} requested peak");
+        assert_eq!(s.tag(tag).allocated.peak, model.tag_allocated_peak[i], "{tag} allocated peak");
     }
     let total: usize = live.iter().map(|l| l.block.size()).sum();
     assert_eq!(s.allocated.current, total);
-    assert_eq!(s.allocated.peak, peak_seen, "peak is the true maximum");
+    assert_eq!(s.allocated.peak, model.allocated_peak, "peak is the true maximum");
+    assert_eq!(s.requested.current, live.iter().map(|l| l.requested).sum::<usize>());
+    assert_eq!(s.requested.peak, model.requested_peak, "requested peak");
+    assert_eq!(s.reserved.current, model.reserved(), "reserved = committed pages under the page rule");
+    assert_eq!(s.reserved.peak, model.reserved_peak, "reserved peak");
     assert!(s.reserved.current >= s.allocated.current);
     assert_eq!(s.reserved.current % PAGE_SIZE, 0);
     if let Some(b) = arena.budget() {
@@ -63,10 +129,11 @@ fn check(arena: &Arena, live: &[Live], peak_seen: usize) {
 }
 
 /// A long random sequence of allocations and frees with random tags.
-fn random_run(arena: &Arena, seed: u64, steps: usize, max_size: usize, touch: bool) {
+/// Returns how many budget misses released the cache and retried.
+fn random_run(arena: &Arena, seed: u64, steps: usize, max_size: usize, touch: bool) -> u64 {
     let mut rng = Rng::new(seed);
     let mut live: Vec<Live> = Vec::new();
-    let mut peak = 0;
+    let mut model = Model::default();
     for step in 0..steps {
         if live.is_empty() || rng.uniform() < 0.55 {
             let n = random_size(&mut rng, max_size);
@@ -92,13 +159,13 @@ fn random_run(arena: &Arena, seed: u64, steps: usize, max_size: usize, touch: bo
                 assert!(bytes.iter().all(|&b| b == bytes[0]), "block contents were overwritten");
             }
         }
-        let now: usize = live.iter().map(|l| l.block.size()).sum();
-        peak = peak.max(now);
+        model.sync(arena, &live);
         if step % 97 == 0 || step + 1 == steps {
-            check(arena, &live, peak);
+            check(arena, &live, &model);
         }
         if rng.uniform() < 0.01 {
             arena.empty_cache();
+            model.sync(arena, &live);
         }
     }
     drop(live);
@@ -107,6 +174,7 @@ fn random_run(arena: &Arena, seed: u64, steps: usize, max_size: usize, touch: bo
     assert_eq!(s.requested.current, 0);
     arena.empty_cache();
     assert_eq!(arena.stats().reserved.current, 0, "everything returns after empty_cache");
+    s.alloc_retries
 }
 
 #[test]
@@ -119,7 +187,8 @@ fn random_sequences_on_meta_keep_every_invariant() {
 #[test]
 fn random_sequences_under_a_budget_never_exceed_it() {
     for seed in 10..13 {
-        random_run(&arena(Backing::Meta, Some(700 * MIB)), seed, 3000, 300 * MIB, false);
+        let retries = random_run(&arena(Backing::Meta, Some(700 * MIB)), seed, 3000, 300 * MIB, false);
+        assert!(retries > 0, "seed {seed}: the page model was never tested against a budget retry");
     }
 }
 
@@ -208,30 +277,78 @@ fn small_and_large_requests_use_separate_pools() {
 #[test]
 fn over_budget_request_is_an_error_with_every_field_right() {
     let a = arena(Backing::Host, Some(32 * MIB));
+    // Large pool: t [0, 3) MiB, p [3, 13), g [13, 19); pages 0..10 committed.
+    let t = a.alloc(3 * MIB, Tag::Temporary, "tmp").unwrap();
     let p = a.alloc(10 * MIB, Tag::Parameter, "init").unwrap();
-    let g = a.alloc(6 * MIB, Tag::Gradient, "backward").unwrap();
-    let err = a.alloc(20 * MIB, Tag::Activation, "matmul").unwrap_err();
-    assert_eq!(err.requested, 20 * MIB);
-    assert_eq!(err.rounded, 20 * MIB);
+    let g = a.alloc(6 * MIB - 100, Tag::Gradient, "backward").unwrap();
+    drop(t);
+    // 20 MiB more does not fit in 32 − 20: the retry releases page 0 (no
+    // block on it), page 1 stays under p, so 1 MiB of [0, 3) stays free and
+    // committed; 18 + 20 is still over the budget.
+    let err = a.alloc(20 * MIB + 1, Tag::Activation, "matmul").unwrap_err();
+    assert_eq!(err.requested, 20 * MIB + 1);
+    assert_eq!(err.rounded, 20 * MIB + GRANULE);
     assert_eq!(err.tag, Tag::Activation);
     assert_eq!(err.label, "matmul");
     assert_eq!(err.budget, Some(32 * MIB));
     assert_eq!(err.allocated, 16 * MIB);
-    assert_eq!(err.reserved, 16 * MIB);
+    assert_eq!(err.reserved, 18 * MIB);
+    assert_eq!(err.largest_free, MIB);
     assert_eq!(err.by_tag, [10 * MIB, 6 * MIB, 0, 0, 0, 0, 0]);
     assert_eq!(err.reason, OomReason::Budget);
     let msg = err.to_string();
-    for part in
-        ["matmul", "20.00 MiB", "activation", "32.00 MiB", "parameter 10.00 MiB", "gradient 6.00 MiB", "headroom fit"]
-    {
+    for part in [
+        "matmul",
+        "20.00 MiB",
+        "activation",
+        "budget of 32.00 MiB",
+        "parameter 10.00 MiB",
+        "gradient 6.00 MiB",
+        "18.00 MiB reserved, of which 2.00 MiB is free",
+        "largest free run 1.00 MiB",
+        "headroom fit",
+    ] {
         assert!(msg.contains(part), "message lacks `{part}`: {msg}");
     }
-    // The arena is unchanged and still serves what fits.
+    // Only the cache was given back; the arena still serves what fits.
     let s = a.stats();
-    assert_eq!((s.allocated.current, s.reserved.current, s.ooms), (16 * MIB, 16 * MIB, 1));
-    let ok = a.alloc(16 * MIB, Tag::Activation, "matmul").unwrap();
+    assert_eq!((s.allocated.current, s.reserved.current, s.ooms, s.cache_flushes), (16 * MIB, 18 * MIB, 1, 1));
+    assert_eq!(s.largest_free, MIB);
+    let ok = a.alloc(14 * MIB, Tag::Activation, "matmul").unwrap();
     assert_eq!(a.stats().reserved.current, 32 * MIB);
     drop((p, g, ok));
+}
+
+#[test]
+fn impossible_sizes_are_out_of_memory_never_a_short_block() {
+    for backing in [Backing::Host, Backing::Meta] {
+        let a = arena(backing, None);
+        for n in [usize::MAX, usize::MAX - GRANULE + 2, 1 << 62] {
+            let err = a.alloc(n, Tag::Activation, "huge").unwrap_err();
+            assert_eq!(err.requested, n);
+            assert!(matches!(err.reason, OomReason::TooLarge { .. }), "{n}: {:?}", err.reason);
+            assert!(err.to_string().contains("huge") && err.to_string().contains("can never fit"), "{err}");
+        }
+        assert_eq!(a.alloc(usize::MAX, Tag::Data, "x").unwrap_err().rounded, usize::MAX);
+        let s = a.stats();
+        assert_eq!((s.ooms, s.allocated.current, s.reserved.current), (4, 0, 0));
+        assert_eq!(a.alloc(100, Tag::Data, "x").unwrap().size(), GRANULE, "the arena still works");
+    }
+}
+
+#[test]
+fn a_budget_near_usize_max_does_not_overflow() {
+    for backing in [Backing::Host, Backing::Meta] {
+        for budget in [usize::MAX, usize::MAX / 2 + 1] {
+            let a = arena(backing, Some(budget));
+            assert_eq!(a.budget(), Some(budget));
+            let b = a.alloc(3 * MIB, Tag::Data, "x").unwrap();
+            assert_eq!(a.stats().reserved.current, 4 * MIB);
+            drop(b);
+            let err = a.alloc(usize::MAX - 1, Tag::Data, "x").unwrap_err();
+            assert!(matches!(err.reason, OomReason::TooLarge { .. }), "{:?}", err.reason);
+        }
+    }
 }
 
 #[test]

@@ -106,6 +106,25 @@ fn fused_gradcheck_with_the_default_tiles() {
 }
 
 #[test]
+fn fused_gradcheck_at_exact_multiples_of_the_tile() {
+    // Tiles of 4 queries and 3 keys: 8 = 2·4 and 12 = 3·4 queries, 6 = 2·3,
+    // 9 = 3·3 and 12 = 4·3 keys, so every tile is full and the last one ends
+    // exactly at the sequence end.
+    for (tq, tk) in [(8, 9), (12, 12), (8, 6)] {
+        for causal in [false, true] {
+            for pad in [false, true] {
+                small(tq, tk, causal, pad).gradcheck(AttentionKind::Fused);
+            }
+        }
+    }
+    // The default tiles (128 rows at this D): 256 = 2 full tiles.
+    assert_eq!(tiles(2), (128, 128));
+    for (causal, pad) in [(false, false), (true, true)] {
+        Case { b: 2, h: 1, tq: 256, tk: 256, d: 2, causal, pad, tiles: None }.gradcheck(AttentionKind::Fused);
+    }
+}
+
+#[test]
 fn fused_gradcheck_when_only_some_inputs_need_gradients() {
     let c = small(9, 7, true, true);
     let mut rng = Rng::new(77);
@@ -161,6 +180,28 @@ fn fused_agrees_with_naive_forward_and_gradients() {
         Case { b: 1, h: 2, tq: 1, tk: 257, d: 64, causal: false, pad: true, tiles: None },
         Case { b: 2, h: 2, tq: 100, tk: 90, d: 16, causal: false, pad: true, tiles: Some((32, 64)) },
     ];
+    agree(&cases);
+}
+
+#[test]
+fn fused_agrees_with_naive_at_exact_multiples_of_the_tile() {
+    assert_eq!(tiles(64), (128, 128));
+    let cases = [
+        // 256 = 2 tiles and 384 = 3 tiles of the default 128 rows.
+        Case { b: 2, h: 2, tq: 256, tk: 256, d: 64, causal: false, pad: false, tiles: None },
+        Case { b: 2, h: 2, tq: 256, tk: 256, d: 64, causal: true, pad: true, tiles: None },
+        Case { b: 2, h: 2, tq: 256, tk: 384, d: 64, causal: true, pad: false, tiles: None },
+        Case { b: 2, h: 2, tq: 384, tk: 256, d: 64, causal: false, pad: true, tiles: None },
+        // Set by the tile knob: 96 = 3·32 queries, 128 = 2·64 keys.
+        Case { b: 2, h: 2, tq: 96, tk: 128, d: 16, causal: true, pad: true, tiles: Some((32, 64)) },
+        Case { b: 2, h: 2, tq: 96, tk: 128, d: 16, causal: false, pad: false, tiles: Some((32, 64)) },
+    ];
+    agree(&cases);
+}
+
+/// Fused (f32, f16, bf16) against the naive path in f32 on the same rounded
+/// values: the forward and all three gradients.
+fn agree(cases: &[Case]) {
     let names = ["output", "dq", "dk", "dv"];
     for (n, c) in cases.iter().enumerate() {
         for (dtype, tol) in [(DType::F32, 2e-5), (DType::F16, 4e-3), (DType::BF16, 3e-2)] {

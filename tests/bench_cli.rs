@@ -47,11 +47,64 @@ fn bench_matmul_json_holds_positive_figures() {
 fn bench_list_names_every_kernel_and_runs_nothing() {
     let (ok, stdout, stderr) = headroom(&["bench", "--list"]);
     assert!(ok, "{stderr}");
-    for k in ["matmul", "add", "gelu", "softmax", "sum", "copy"] {
-        assert!(stdout.lines().any(|l| l.starts_with(k)), "{k} missing from:\n{stdout}");
+    let kernels = [
+        "matmul",
+        "add",
+        "gelu",
+        "softmax",
+        "sum",
+        "copy",
+        "layer_norm",
+        "cross_entropy",
+        "attention",
+        "conv2d",
+        "embedding",
+        "adamw",
+    ];
+    for k in kernels {
+        assert!(stdout.lines().any(|l| l.split_whitespace().next() == Some(k)), "{k} missing from:\n{stdout}");
     }
     assert!(stdout.contains("1024x1024 @ 1024x1024") && stdout.contains("bf16"), "{stdout}");
+    for shape in ["B4 H8 N512 D64", "8x64x32x32 * 64x64x3x3", "4096 ids of 32000x512", "16777216 params"] {
+        assert!(stdout.contains(shape), "{shape} missing from:\n{stdout}");
+    }
     assert!(!stdout.contains("GFLOP/s"));
+}
+
+#[test]
+fn bench_new_kernels_report_flops_or_bytes() {
+    let args = ["bench", "layer_norm", "cross_entropy", "attention", "conv2d", "embedding", "adamw"];
+    let (ok, stdout, stderr) = headroom(&[&args[..], &["--min-time", "0", "--json", "--threads", "1"]].concat());
+    assert!(ok, "{stderr}");
+    let results: Vec<serde_json::Value> =
+        stdout.lines().skip(1).map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect();
+    let kernels: Vec<&str> = results.iter().map(|r| r["kernel"].as_str().unwrap()).collect();
+    assert_eq!(
+        kernels,
+        [
+            "layer_norm",
+            "layer_norm",
+            "cross_entropy",
+            "cross_entropy",
+            "attention",
+            "attention",
+            "conv2d",
+            "embedding",
+            "adamw",
+            "adamw"
+        ]
+    );
+    for r in &results {
+        let compute = matches!(r["kernel"].as_str(), Some("attention" | "conv2d"));
+        assert_eq!(r["bound"], if compute { "compute" } else { "memory" }, "{r}");
+        assert!(r["bytes"].as_f64().unwrap() > 0.0 && r["median_s"].as_f64().unwrap() > 0.0, "{r}");
+        assert_eq!(r["flops"].as_f64().unwrap() > 0.0, compute, "{r}");
+    }
+    // The counts: 4·B·H·N²·D for attention; 2·B·O·H·W·C·k² for conv2d;
+    // 28 bytes per f32 parameter of an AdamW step.
+    assert_eq!(results[4]["flops"].as_f64(), Some(4.0 * (4 * 8 * 512 * 512 * 64) as f64));
+    assert_eq!(results[6]["flops"].as_f64(), Some(2.0 * (8 * 64 * 32 * 32 * 64 * 9) as f64));
+    assert_eq!(results[8]["bytes"].as_f64(), Some(28.0 * (1 << 24) as f64));
 }
 
 #[test]

@@ -82,6 +82,7 @@ fn damaged_or_foreign_checkpoints_are_refused() {
     assert!(out.status.success());
     let ck = d.join("step-00000004");
     let model = std::fs::read(ck.join("model.safetensors")).unwrap();
+    let state = std::fs::read(ck.join("trainer.json")).unwrap();
 
     std::fs::write(ck.join("model.safetensors"), &model[..model.len() / 2]).unwrap();
     let e = resume_error(&d);
@@ -91,6 +92,67 @@ fn damaged_or_foreign_checkpoints_are_refused() {
     std::fs::write(ck.join("trainer.json"), b"{\"format\": \"something-else\"}").unwrap();
     let e = resume_error(&d);
     assert!(e.contains("trainer.json") && e.contains("foreign"), "{e}");
+
+    // A truncated trainer.json.
+    std::fs::write(ck.join("trainer.json"), &state[..state.len() / 2]).unwrap();
+    let e = resume_error(&d);
+    assert!(e.contains("trainer.json") && e.contains("truncated"), "{e}");
+
+    // Every field right but a foreign format string.
+    let mut json: serde_json::Value = serde_json::from_slice(&state).unwrap();
+    json["format"] = "other-checkpoint-v9".into();
+    std::fs::write(ck.join("trainer.json"), serde_json::to_vec(&json).unwrap()).unwrap();
+    let e = resume_error(&d);
+    assert!(
+        e.contains("trainer.json") && e.contains("other-checkpoint-v9") && e.contains("headroom-checkpoint-v1"),
+        "{e}"
+    );
+    std::fs::write(ck.join("trainer.json"), &state).unwrap();
+
+    // Valid safetensors files that do not hold this model: each names the tensor.
+    // A rewrite of one tensor: (dtype, shape, bytes), or None to drop it.
+    type Stored = (safetensors::Dtype, Vec<usize>, Vec<u8>);
+    type Edit<'a> = &'a dyn Fn(&str, &[usize], &[u8]) -> Option<Stored>;
+    let damaged = |edit: Edit| {
+        let st = safetensors::SafeTensors::deserialize(&model).unwrap();
+        let mut kept: Vec<(String, Stored)> = Vec::new();
+        for (name, view) in st.tensors() {
+            if let Some(t) = edit(&name, view.shape(), view.data()) {
+                kept.push((name, t));
+            }
+        }
+        let views: Vec<(String, safetensors::tensor::TensorView)> = kept
+            .iter()
+            .map(|(n, (dt, s, b))| (n.clone(), safetensors::tensor::TensorView::new(*dt, s.clone(), b).unwrap()))
+            .collect();
+        std::fs::write(ck.join("model.safetensors"), safetensors::serialize(views, &None).unwrap()).unwrap();
+        resume_error(&d)
+    };
+    let f32s = safetensors::Dtype::F32;
+    // `positions` as f16: half the bytes, a well-formed file.
+    let e = damaged(&|name, shape, data| {
+        let halves: Vec<u8> =
+            if name == "positions" { data.iter().step_by(2).copied().collect() } else { data.to_vec() };
+        let dt = if name == "positions" { safetensors::Dtype::F16 } else { f32s };
+        Some((dt, shape.to_vec(), halves))
+    });
+    assert!(
+        e.contains("model.safetensors") && e.contains("`positions`") && e.contains("F16") && e.contains("f32"),
+        "{e}"
+    );
+    let e = damaged(&|name, shape, data| (name != "head.weight").then(|| (f32s, shape.to_vec(), data.to_vec())));
+    assert!(e.contains("model.safetensors") && e.contains("no tensor `head.weight`"), "{e}");
+    let e = damaged(&|name, shape, data| {
+        let mut data = data.to_vec();
+        let mut shape = shape.to_vec();
+        if name == "head.bias" {
+            data.extend_from_slice(&[0; 4]);
+            shape[0] += 1;
+        }
+        Some((f32s, shape, data))
+    });
+    assert!(e.contains("model.safetensors") && e.contains("`head.bias` is [11]") && e.contains("needs [10]"), "{e}");
+    std::fs::write(ck.join("model.safetensors"), &model).unwrap();
 
     std::fs::write(d.join("latest"), "../../etc").unwrap();
     assert!(resume_error(&d).contains("does not name a checkpoint"));

@@ -207,6 +207,9 @@ pub enum OomReason {
     AddressSpace,
     /// The operating system refused to provide pages.
     Os(String),
+    /// Larger than the whole address range a pool reserves (`limit` bytes):
+    /// it can never fit, whatever is freed.
+    TooLarge { limit: usize },
 }
 
 /// A request the arena could not serve. Carries everything needed to
@@ -214,7 +217,7 @@ pub enum OomReason {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OutOfMemory {
     pub requested: usize,
-    /// `requested` rounded to the granule.
+    /// `requested` rounded to the granule (`usize::MAX` when that overflows).
     pub rounded: usize,
     pub tag: Tag,
     /// The op that asked.
@@ -237,6 +240,12 @@ impl fmt::Display for OutOfMemory {
                 write!(f, " with a budget of {}", fmt_bytes(self.budget.unwrap_or(0)))?;
             }
             OomReason::AddressSpace => write!(f, "; the pool's address range is full")?,
+            OomReason::TooLarge { limit } => write!(
+                f,
+                "; that is more than the {} of address space a pool of this arena reserves, so it can never fit \
+                 (check the shape that asked for it)",
+                fmt_bytes(*limit)
+            )?,
             OomReason::Os(e) => write!(f, "; {e}")?,
         }
         write!(f, ". Held: {} allocated", fmt_bytes(self.allocated))?;
@@ -308,6 +317,14 @@ impl Default for ArenaConfig {
 
 const POOL_NAMES: [&str; 2] = ["small", "large"];
 
+/// Most address space one host pool reserves: 16 TiB, so both pools fit in
+/// the 128 TiB of a 47-bit user address space whatever budget is asked for.
+pub const MAX_HOST_RESERVE: usize = 1 << 44;
+/// A meta pool's range without a budget (64 TiB), and its cap with one:
+/// plans stay far from usize overflow.
+const META_RESERVE: usize = 1 << 46;
+const MAX_META_RESERVE: usize = 1 << 62;
+
 struct Live {
     requested: usize,
     tag: Tag,
@@ -365,9 +382,10 @@ impl Arena {
     pub fn new(config: ArenaConfig) -> Result<Arena, SegmentError> {
         // Address space is free; reserve twice what can ever be committed so
         // fragmentation of the range can never be what fails a request. A
-        // meta arena plans runs far larger than this machine: 64 TiB.
-        let host_cap = 2 * config.budget.unwrap_or(0).max(physical_memory());
-        let meta_cap = config.budget.map_or(1 << 46, |b| 2 * b);
+        // meta arena plans runs far larger than this machine: 64 TiB. Both
+        // saturate, so a huge budget cannot overflow.
+        let host_cap = config.budget.unwrap_or(0).max(physical_memory()).saturating_mul(2).min(MAX_HOST_RESERVE);
+        let meta_cap = config.budget.map_or(META_RESERVE, |b| b.saturating_mul(2).min(MAX_META_RESERVE));
         let make = || -> Result<Box<dyn Segment>, SegmentError> {
             Ok(match config.backing {
                 Backing::Host => Box::new(HostSegment::reserve(host_cap)?),
@@ -411,9 +429,13 @@ impl Arena {
         Arc::ptr_eq(&self.inner, &other.inner)
     }
 
-    /// Allocate `n` bytes for `tag` on behalf of op `label`.
+    /// Allocate `n` bytes for `tag` on behalf of op `label`. A request larger
+    /// than a pool's whole range (up to `usize::MAX`) is `OutOfMemory` with
+    /// reason `TooLarge`, never a short block.
     pub fn alloc(&self, n: usize, tag: Tag, label: &'static str) -> Result<Block, OutOfMemory> {
-        let rounded = round_up(n.max(1), GRANULE);
+        // Within a granule of usize::MAX the rounding overflows: saturate, and
+        // `try_place` refuses it as larger than any pool.
+        let rounded = n.max(1).checked_next_multiple_of(GRANULE).unwrap_or(usize::MAX);
         let pool = if rounded <= SMALL_LIMIT { 0 } else { 1 };
         let mut g = self.lock();
         let inner = &mut *g;
@@ -421,8 +443,7 @@ impl Arena {
         let (offset, grown) = loop {
             match inner.try_place(pool, rounded) {
                 Ok(placed) => break placed,
-                Err(reason) if !retried && inner.cached() > 0 => {
-                    let _ = reason;
+                Err(reason) if !retried && inner.cached() > 0 && !matches!(reason, OomReason::TooLarge { .. }) => {
                     inner.release_cached();
                     retried = true;
                 }
@@ -483,8 +504,12 @@ impl Arena {
         inner.event(TraceKind::Free, b.size, live.requested, Some(live.tag), b.pool as usize, b.offset, label);
     }
 
-    /// Move a live block's bytes from its tag to `tag`.
+    /// Move a live block's bytes from its tag to `tag` (on the block's own
+    /// arena, whichever handle is asked).
     pub fn retag(&self, b: &Block, tag: Tag, label: &'static str) {
+        if !self.same(&b.arena) {
+            return b.arena.retag(b, tag, label);
+        }
         let mut g = self.lock();
         let inner = &mut *g;
         let live = inner.live.get_mut(&(b.pool, b.offset)).expect("retagging a block the arena does not hold");
@@ -505,7 +530,8 @@ impl Arena {
 
     /// The tag a live block is counted under.
     pub fn tag_of(&self, b: &Block) -> Tag {
-        self.lock().live[&(b.pool, b.offset)].tag
+        // A live block is always in its own arena's map.
+        b.arena.lock().live[&(b.pool, b.offset)].tag
     }
 
     /// Every block in use, largest first.
@@ -581,6 +607,9 @@ impl Inner {
     // Place a block and commit its pages within the budget.
     fn try_place(&mut self, pool: usize, rounded: usize) -> Result<(usize, usize), OomReason> {
         let p = &mut self.pools[pool];
+        if rounded > p.seg.capacity() {
+            return Err(OomReason::TooLarge { limit: p.seg.capacity() });
+        }
         let frontier = p.frontier();
         let offset = p.place(rounded).ok_or(OomReason::AddressSpace)?;
         let need = p.uncommitted_bytes(offset, rounded);

@@ -97,10 +97,7 @@ impl Pool {
             Some((o, b)) if !b.used => (o, b.size),
             _ => (self.frontier, 0),
         };
-        let new_frontier = offset + size;
-        if new_frontier > self.seg.capacity() {
-            return None;
-        }
+        let new_frontier = offset.checked_add(size).filter(|&f| f <= self.seg.capacity())?;
         if have > 0 {
             self.free.remove(&(have, offset));
         }

@@ -63,10 +63,16 @@ const MADV_POPULATE_WRITE: libc::c_int = 23;
 impl HostSegment {
     /// Reserve `capacity` bytes of address space (rounded up to pages).
     pub fn reserve(capacity: usize) -> Result<HostSegment, SegmentError> {
-        let capacity = round_up(capacity.max(PAGE_SIZE), PAGE_SIZE);
+        let asked = capacity;
         // Over-reserve one page so the base can be aligned to PAGE_SIZE,
         // which lets transparent huge pages back whole commit units.
-        let map_len = capacity + PAGE_SIZE;
+        let sizes = capacity
+            .max(PAGE_SIZE)
+            .checked_next_multiple_of(PAGE_SIZE)
+            .and_then(|c| Some((c, c.checked_add(PAGE_SIZE)?)));
+        let Some((capacity, map_len)) = sizes else {
+            return Err(SegmentError(format!("cannot reserve {asked} bytes of address space: more than exists")));
+        };
         let map = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
@@ -191,6 +197,8 @@ impl Segment for MetaSegment {
     }
 }
 
+/// `n` rounded up to a multiple of `to`; saturates at the largest multiple
+/// instead of wrapping to 0 (callers with sizes from users check first).
 pub(crate) fn round_up(n: usize, to: usize) -> usize {
-    n.div_ceil(to) * to
+    n.checked_next_multiple_of(to).unwrap_or(usize::MAX / to * to)
 }

@@ -48,19 +48,21 @@ const MIN_TILE: usize = 16;
 /// Query rows and key rows per tile for head dimension `d`.
 ///
 /// 128 × 128 for D ≤ 64, halved for larger heads. Why, on this machine
-/// (`lscpu`: AMD EPYC, Zen 4, 32 KiB L1d and 1 MiB L2 per core, 32 MiB L3,
-/// AVX-512): at D = 64 a forward worker touches Q, K, V and accumulator
-/// tiles of 32 KiB each and a 64 KiB score tile (192 KiB), a backward worker
-/// about 450 KiB (plus Tq·D·4 bytes of dQ in one-pass mode) — inside its L2
+/// (`lscpu`: Intel Xeon, Sapphire Rapids class, 48 KiB L1d and 2 MiB L2 per
+/// core, 105 MiB L3 shared, AVX-512): at D = 64 a forward worker's slot (Q,
+/// K, V and accumulator tiles of 32 KiB each, a 64 KiB score tile, three
+/// per-row vectors) is 193.5 KiB and a backward worker's 416 KiB (plus
+/// Tq·D·4 bytes of dQ in one-pass mode) — a tenth and a fifth of its L2,
 /// with room for matrixmultiply's packing buffers — while a score row is 128
 /// wide (8 AVX-512 registers), so the row loops run at vector speed. Every
 /// tile product (`bq·D + D·bk`, `bk·(bq + D)`, `bq·(bk + D)` elements)
 /// stays below [`GEMM_SERIAL`], so matrixmultiply never starts threads of
-/// its own inside a rayon task; PyTorch's CPU kernel uses key blocks of 512,
-/// which here would cross that threshold. Measured at N = 2048, D = 64, one
-/// thread: 64×64 was about 15 % slower forward and backward, 32×128 about
-/// 30 % slower forward; 64×128, 128×64 and 128×256 were within the run-to-run
-/// noise (±10 % on this shared machine) of 128×128.
+/// its own inside a rayon task; larger tiles, or PyTorch's CPU key blocks
+/// of 512, would cross it. Measured at N = 2048, D = 64, one thread
+/// (`examples/attention_tiles.rs`, two runs on a loaded machine): 64×64,
+/// 32×128, 64×128, 128×64 and 128×256 were 13–47 % slower forward +
+/// backward than 128×128, and none was more than 2 % faster forward
+/// (ARCHITECTURE.md, "Fused attention", has the table).
 pub fn tiles(d: usize) -> (usize, usize) {
     let mut t = MAX_TILE;
     while t > MIN_TILE && (t * (t + d) >= GEMM_SERIAL || 2 * t * d >= GEMM_SERIAL) {

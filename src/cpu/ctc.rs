@@ -118,7 +118,7 @@ pub fn forward<T: Float>(lp: &[T], p: &Problem, nll: &mut [f32], ws: &mut [f32])
     }
 }
 
-/// `grad[t, b, c] = −scale_b·γ_t(c)` for t < input_lengths[b], else 0,
+/// `grad[t, b, c] = −scale_b·γ_t(c)` for t < `input_lengths[b]`, else 0,
 /// with `scale_b = g / (B·max(S_b, 1))` (the 'mean' reduction) and 0 for a
 /// sample whose nll is not finite. `ws` holds `B·2·T·L` f32 (alpha and
 /// beta of every frame), `chain` `B·2·S` i32 (repeated labels).

@@ -30,7 +30,8 @@ pub fn sum<T: Float, O: Float>(x: &[T], s: &Split, scale: f64, out: &mut [O]) {
     let red: usize = s.red_shape.iter().product();
     let one = |(o, v): (usize, &mut O)| {
         let base = s.offset + index_offset(s.kept_shape, s.kept_strides, o);
-        let acc: f64 = StridedIter::new(s.red_shape, s.red_strides, base).map(|i| x[i].to_f32() as f64).sum();
+        // Fold from +0.0: f64's `sum` starts at −0.0, so a sum of nothing would be −0.
+        let acc = StridedIter::new(s.red_shape, s.red_strides, base).fold(0f64, |a, i| a + x[i].to_f32() as f64);
         *v = O::from_f32((acc * scale) as f32);
     };
     if out.len() * red >= PAR_MIN && out.len() > 1 {
@@ -64,6 +65,9 @@ pub fn max<T: Float>(x: &[T], s: &Split, out: &mut [T], arg: &mut [i32]) {
 }
 
 fn rows<T: Send, U: Sync>(out: &mut [T], x: &[U], cols: usize, f: impl Fn(&mut [T], &[U]) + Sync) {
+    if cols == 0 {
+        return; // rows of no elements: nothing to write (and chunks of 0 would panic)
+    }
     if out.len() >= PAR_MIN {
         out.par_chunks_mut(cols).zip(x.par_chunks(cols)).for_each(|(o, r)| f(o, r));
     } else {
@@ -93,6 +97,9 @@ pub fn softmax<T: Float>(x: &[T], cols: usize, log: bool, out: &mut [T]) {
 /// Gradient of softmax rows: `dx = y ∘ (dy − Σ dy∘y)`; of log-softmax:
 /// `dx = dy − exp(y) Σ dy`. `y` is the forward output.
 pub fn softmax_backward<T: Float>(y: &[T], dy: &[T], cols: usize, log: bool, dx: &mut [T]) {
+    if cols == 0 {
+        return;
+    }
     let both: Vec<(&[T], &[T])> = y.chunks(cols).zip(dy.chunks(cols)).collect();
     let one = |(o, (y, dy)): (&mut [T], &(&[T], &[T]))| {
         if log {

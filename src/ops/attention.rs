@@ -45,6 +45,24 @@ impl std::fmt::Display for AttentionKind {
 
 /// Settings of [`attention`]; `Default` is full (unmasked) fused attention
 /// scaled by 1/√D.
+///
+/// ```
+/// use headroom::ops::{attention, AttentionOptions};
+/// use headroom::{Arena, DType, Tag, Tensor};
+/// let arena = Arena::host();
+/// // Equal queries and keys: every visible key gets the same weight.
+/// let q = Tensor::full(&arena, &[1, 1, 3, 4], 0.5, DType::F32, Tag::Data).unwrap();
+/// let v: Vec<f32> = (0..12).map(|i| i as f32).collect();
+/// let v = Tensor::from_f32(&arena, &[1, 1, 3, 4], &v, DType::F32, Tag::Data).unwrap();
+/// // Key 2 is padding, so each query averages value rows 0 and 1.
+/// let pad = Tensor::from_slice(&arena, &[1, 3], &[0u8, 0, 1], Tag::Data).unwrap();
+/// let opts = AttentionOptions { key_padding: Some(pad), ..Default::default() };
+/// let y = attention(&q, &q, &v, &opts).unwrap().to_vec_f32().unwrap();
+/// assert_eq!(y[..4], [2., 3., 4., 5.]);
+/// // Causal: query 0 sees key 0 only.
+/// let causal = AttentionOptions { causal: true, ..Default::default() };
+/// assert_eq!(attention(&q, &q, &v, &causal).unwrap().to_vec_f32().unwrap()[..4], [0., 1., 2., 3.]);
+/// ```
 #[derive(Clone, Debug, Default)]
 pub struct AttentionOptions {
     /// Query i sees keys j ≤ i. Aligned at the top left as PyTorch's
@@ -89,6 +107,26 @@ const OP: &str = "attention";
 ///
 /// `Naive` saves what its ops save: q and k for the scores, the B×H×Tq×Tk
 /// softmax output, v, and the masks (a `[Tq, Tk]` causal mask).
+///
+/// ```
+/// use headroom::autograd::{backward, no_grad};
+/// use headroom::ops::{attention, AttentionKind, AttentionOptions};
+/// use headroom::{rng::Rng, Arena, DType, Tag, Tensor};
+/// let arena = Arena::host();
+/// let mut rng = Rng::new(0);
+/// let (b, h, t, d) = (2, 4, 64, 16);
+/// let mut x = || Tensor::randn(&arena, &[b, h, t, d], 1.0, DType::F32, Tag::Data, &mut rng).unwrap().requires_grad();
+/// let (q, k, v) = (x(), x(), x());
+/// let y = attention(&q, &k, &v, &AttentionOptions { causal: true, ..Default::default() }).unwrap();
+/// let reference = {
+///     let _g = no_grad();
+///     let naive = AttentionOptions { causal: true, kind: AttentionKind::Naive, ..Default::default() };
+///     attention(&q, &k, &v, &naive).unwrap().to_vec_f32().unwrap()
+/// };
+/// assert!(y.to_vec_f32().unwrap().iter().zip(&reference).all(|(a, b)| (a - b).abs() < 1e-5));
+/// backward(&y.sum_all().unwrap()).unwrap();
+/// assert_eq!(k.grad().unwrap().shape(), &[b, h, t, d]);
+/// ```
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOptions) -> Result<Tensor> {
     let scale = check(q, k, v, opts)?;
     match opts.kind {

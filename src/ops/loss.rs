@@ -99,14 +99,15 @@ impl Tensor {
         }))
     }
 
-    /// Mean of `(self − target)²` over all elements, shape []. Saves both
-    /// operands; the gradient flows to both.
+    /// Mean of `(self − target)²` over all elements, shape []; NaN for
+    /// empty operands, as in PyTorch. Saves both operands; the gradient
+    /// flows to both.
     pub fn mse_loss(&self, target: &Tensor) -> Result<Tensor> {
         pointwise_loss("mse_loss", self, target, |d| d * d, |d| 2.0 * d)
     }
 
-    /// Mean of `|self − target|` over all elements, shape []. The gradient
-    /// at a tie is 0, as in PyTorch.
+    /// Mean of `|self − target|` over all elements, shape [] (NaN for empty
+    /// operands). The gradient at a tie is 0, as in PyTorch.
     pub fn l1_loss(&self, target: &Tensor) -> Result<Tensor> {
         pointwise_loss("l1_loss", self, target, f32::abs, |d| if d == 0.0 { 0.0 } else { d.signum() })
     }
@@ -133,7 +134,7 @@ fn pointwise_loss(
     same_dtype(op, pred, target)?;
     float_only(op, pred)?;
     let (p, t) = (pred.contiguous_untracked(op)?, target.contiguous_untracked(op)?);
-    let n = p.numel().max(1) as f32;
+    let n = p.numel() as f32; // 0 for empty operands: the mean is 0/0 = NaN
     let out = output(op, &p, &[], p.dtype())?;
     if !out.is_meta() {
         with_float!(op, p.dtype(), |T| {

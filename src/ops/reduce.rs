@@ -25,7 +25,13 @@ fn split(x: &Tensor, reduce: &[bool]) -> (Vec<usize>, Vec<usize>, Vec<usize>, Ve
 fn resolve(op: &'static str, x: &Tensor, axes: &[isize]) -> Result<Vec<bool>> {
     let mut reduce = vec![false; x.rank()];
     for &a in axes {
-        reduce[x.check_axis(op, a)?] = true;
+        let d = x.check_axis(op, a)?;
+        if std::mem::replace(&mut reduce[d], true) {
+            return Err(Error::invalid(
+                op,
+                format!("axes {axes:?} name dimension {d} of {:?} twice; list each axis once", x.shape()),
+            ));
+        }
     }
     Ok(reduce)
 }
@@ -48,7 +54,8 @@ fn sum_op(op: &'static str, x: &Tensor, axes: &[isize], keepdim: bool, mean: boo
     super::float_only(op, x)?;
     let reduce = resolve(op, x, axes)?;
     let count: usize = (0..x.rank()).filter(|&d| reduce[d]).map(|d| x.shape()[d]).product();
-    let scale = if mean { 1.0 / count.max(1) as f64 } else { 1.0 };
+    // The mean of nothing is NaN (0/0), as in PyTorch; the sum of nothing is 0.
+    let scale = if mean { 1.0 / count as f64 } else { 1.0 };
     let out = sum_raw(op, x, &reduce, keepdim, scale)?;
     let (shape, kept) = (x.shape().to_vec(), out_shape(x, &reduce, true));
     Ok(record(op, &[x], out, vec![], move |_, g| {
@@ -59,11 +66,12 @@ fn sum_op(op: &'static str, x: &Tensor, axes: &[isize], keepdim: bool, mean: boo
 }
 
 impl Tensor {
-    /// Sum over `axes` (negative counts from the end).
+    /// Sum over `axes` (negative counts from the end; each axis at most
+    /// once). A sum over no elements is 0.
     pub fn sum(&self, axes: &[isize], keepdim: bool) -> Result<Tensor> {
         sum_op("sum", self, axes, keepdim, false)
     }
-    /// Mean over `axes`.
+    /// Mean over `axes`. A mean over no elements is NaN, as in PyTorch.
     pub fn mean(&self, axes: &[isize], keepdim: bool) -> Result<Tensor> {
         sum_op("mean", self, axes, keepdim, true)
     }
@@ -72,7 +80,7 @@ impl Tensor {
         let axes: Vec<isize> = (0..self.rank() as isize).collect();
         self.sum(&axes, false)
     }
-    /// Mean of every element, shape [].
+    /// Mean of every element, shape []; NaN for an empty tensor.
     pub fn mean_all(&self) -> Result<Tensor> {
         let axes: Vec<isize> = (0..self.rank() as isize).collect();
         self.mean(&axes, false)
@@ -97,10 +105,17 @@ impl Tensor {
         self.sum(&axes, true)?.reshape(shape)
     }
 
-    /// Maximum along `axis`; the gradient flows to the first maximum.
+    /// Maximum along `axis`; the gradient flows to the first maximum. An
+    /// axis of length 0 has no maximum: an error.
     pub fn max(&self, axis: isize, keepdim: bool) -> Result<Tensor> {
         super::float_only("max", self)?;
         let d = self.check_axis("max", axis)?;
+        if self.shape()[d] == 0 {
+            return Err(Error::invalid(
+                "max",
+                format!("axis {axis} of {:?} has length 0, so there is no maximum to take", self.shape()),
+            ));
+        }
         let mut reduce = vec![false; self.rank()];
         reduce[d] = true;
         let kept = out_shape(self, &reduce, true);

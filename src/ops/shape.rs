@@ -5,7 +5,7 @@
 use super::output;
 use crate::autograd::{record, record_many};
 use crate::error::{Error, Result};
-use crate::tensor::{contiguous_strides, StridedIter, Tensor};
+use crate::tensor::{contiguous_strides, sized, StridedIter, Tensor};
 
 /// The shape two operands broadcast to (numpy rules), or an error naming `op`.
 pub fn broadcast_shapes(op: &'static str, a: &[usize], b: &[usize]) -> Result<Vec<usize>> {
@@ -62,7 +62,7 @@ impl Tensor {
 
     /// The same elements in a new shape; a view when the data is dense.
     pub fn reshape(&self, shape: &[usize]) -> Result<Tensor> {
-        let n: usize = shape.iter().product();
+        let (n, _) = sized("reshape", shape, self.dtype())?;
         if n != self.numel() {
             return Err(Error::shape(
                 "reshape",
@@ -135,6 +135,8 @@ impl Tensor {
         if target != shape {
             return Err(Error::shape("expand", format!("cannot expand {:?} to {shape:?}", self.shape())));
         }
+        // A view holds no bytes, but every op that reads it counts its elements.
+        sized("expand", shape, self.dtype())?;
         let out = self.restride(shape.to_vec(), self.broadcast_strides(shape), self.offset());
         let orig = self.shape().to_vec();
         Ok(record("expand", &[self], out, vec![], move |_, g| {
