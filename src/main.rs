@@ -229,6 +229,10 @@ impl TrainArgs {
             };
             c.layers = self.layers.unwrap_or(c.layers);
             c.dim = self.dim.unwrap_or(c.dim);
+            // Far beyond any model this trains; keeps a typo from building for hours.
+            if c.layers > 4096 || c.dim > 1 << 16 {
+                return Err(format!("--layers {} --dim {}: at most 4096 blocks of width 65536", c.layers, c.dim).into());
+            }
             c.hidden = 2 * c.dim;
         }
         Ok(TrainConfig {

@@ -285,6 +285,9 @@ impl Run {
         if cfg.batch == 0 || cfg.accum == 0 {
             return Err(Error::invalid("train", "--batch and --accum must be at least 1"));
         }
+        if cfg.batch.checked_mul(cfg.accum).is_none() {
+            return Err(Error::invalid("train", format!("--batch {} × --accum {} overflows", cfg.batch, cfg.accum)));
+        }
         let (data, _) = datasets(cfg)?;
         if cfg.batch * cfg.accum > data.len() {
             return Err(Error::invalid(
@@ -472,6 +475,23 @@ impl Run {
         if st.adam_steps.len() != self.params.len() || st.order.len() != self.data.len() || st.position > st.order.len()
         {
             return Err(Error::invalid("resume", format!("{} does not match this model and data", ck.path.display())));
+        }
+        // A hand-edited or foreign trainer.json must not reach the step loop.
+        let mut seen = vec![false; st.order.len()];
+        let permutation = st.order.iter().all(|&i| i < seen.len() && !std::mem::replace(&mut seen[i], true));
+        let effective = self.effective();
+        let micro_ok = st.micro_batch >= 1
+            && st.accumulation >= 1
+            && st.micro_batch.checked_mul(st.accumulation).is_some_and(|n| n >= effective);
+        if !permutation || !micro_ok || !(st.loss_scale.is_finite() && st.loss_scale > 0.0) {
+            return Err(Error::invalid(
+                "resume",
+                format!(
+                    "{}: trainer.json is inconsistent (the data order must be a permutation of the {} samples, micro-batch × accumulation must cover {effective}, the loss scale must be finite and positive)",
+                    ck.path.display(),
+                    seen.len()
+                ),
+            ));
         }
         for (name, p) in &self.params {
             let v = ck.take(name, p.shape())?;

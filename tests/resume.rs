@@ -154,6 +154,22 @@ fn damaged_or_foreign_checkpoints_are_refused() {
     assert!(e.contains("model.safetensors") && e.contains("`head.bias` is [11]") && e.contains("needs [10]"), "{e}");
     std::fs::write(ck.join("model.safetensors"), &model).unwrap();
 
+    // A well-formed trainer.json with an impossible state: a sample index
+    // past the data, then a micro-batch of 0.
+    let json: serde_json::Value = serde_json::from_slice(&state).unwrap();
+    for (field, value) in [("order", serde_json::json!(null)), ("micro_batch", serde_json::json!(0))] {
+        let mut bad = json.clone();
+        if field == "order" {
+            bad["order"][0] = serde_json::json!(1_000_000);
+        } else {
+            bad[field] = value;
+        }
+        std::fs::write(ck.join("trainer.json"), serde_json::to_vec(&bad).unwrap()).unwrap();
+        let e = resume_error(&d);
+        assert!(e.contains("inconsistent"), "{field}: {e}");
+    }
+    std::fs::write(ck.join("trainer.json"), &state).unwrap();
+
     std::fs::write(d.join("latest"), "../../etc").unwrap();
     assert!(resume_error(&d).contains("does not name a checkpoint"));
 

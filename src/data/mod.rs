@@ -52,6 +52,9 @@ impl Sequences {
     /// Inputs `[b, frames, features]` (as `dtype`) and labels i32 `[b]` for
     /// the given sample indices, both tagged Data.
     pub fn batch(&self, arena: &Arena, idx: &[usize], dtype: DType) -> Result<(Tensor, Tensor)> {
+        if let Some(&bad) = idx.iter().find(|&&i| i >= self.n) {
+            return Err(Error::index("batch", format!("sample {bad} of a set of {} clips", self.n)));
+        }
         let per = self.frames * self.features;
         let mut xs = Vec::with_capacity(idx.len() * per);
         let mut ys = Vec::with_capacity(idx.len());
