@@ -13,14 +13,22 @@
 //! - With a budget, reserved never exceeds it: a request that would push it
 //!   over first releases the cache and retries, then fails with
 //!   [`OutOfMemory`].
+//! - With a static plan installed ([`Arena::set_static_plan`]), the
+//!   allocations of a step ([`Arena::begin_step`]) that follow the plan are
+//!   served at planned offsets in a third, pre-committed segment (replay.rs);
+//!   the rest use the pools as above.
 //!
 //! The arena is a cheap handle (`Arc<Mutex<..>>`). The lock is taken once per
 //! allocation and once per free, never per element: kernels on rayon workers
 //! write into blocks they already hold.
 
+pub mod placement;
 mod pool;
+mod replay;
 mod segment;
 
+pub use placement::StaticPlan;
+pub use replay::{Recording, ReplayStats, StaticFigures, StepGuard};
 pub use segment::{HostSegment, MetaSegment, Segment, SegmentError, PAGE_SIZE};
 
 use pool::Pool;
@@ -149,6 +157,8 @@ pub struct Stats {
     /// request served without growing.
     pub largest_free: usize,
     pub clock: u64,
+    /// The static plan's figures, when one is installed.
+    pub replay: ReplayStats,
 }
 
 impl Stats {
@@ -306,7 +316,7 @@ impl Default for ArenaConfig {
     }
 }
 
-const POOL_NAMES: [&str; 2] = ["small", "large"];
+const POOL_NAMES: [&str; 3] = ["small", "large", "static"];
 
 struct Live {
     requested: usize,
@@ -335,6 +345,7 @@ struct Inner {
     stats: Stats,
     tracing: bool,
     trace: Vec<TraceEvent>,
+    replay: Option<replay::Replay>,
 }
 
 /// The caching arena. Cloning gives another handle to the same arena.
@@ -384,6 +395,7 @@ impl Arena {
                 stats: Stats::default(),
                 tracing: config.trace,
                 trace: Vec::new(),
+                replay: None,
             })),
         })
     }
@@ -414,11 +426,17 @@ impl Arena {
     /// Allocate `n` bytes for `tag` on behalf of op `label`.
     pub fn alloc(&self, n: usize, tag: Tag, label: &'static str) -> Result<Block, OutOfMemory> {
         let rounded = round_up(n.max(1), GRANULE);
-        let pool = if rounded <= SMALL_LIMIT { 0 } else { 1 };
+        let mut pool = if rounded <= SMALL_LIMIT { 0 } else { 1 };
         let mut g = self.lock();
         let inner = &mut *g;
         let mut retried = false;
+        let planned = inner.static_take(rounded);
         let (offset, grown) = loop {
+            // A replayed step: the planned offset in the static region, already committed.
+            if let Some(off) = planned {
+                pool = replay::STATIC_POOL;
+                break (off, 0);
+            }
             match inner.try_place(pool, rounded) {
                 Ok(placed) => break placed,
                 Err(reason) if !retried && inner.cached() > 0 => {
@@ -444,6 +462,7 @@ impl Arena {
             inner.stats.segment_grows += 1;
             inner.stats.reserved.add(grown, clock, label);
             inner.event(TraceKind::Grow, grown, 0, None, pool, offset, label);
+            inner.note_replay_reserved();
         }
         let s = &mut inner.stats;
         s.allocs += 1;
@@ -461,7 +480,7 @@ impl Arena {
         }
         inner.live.insert((pool as u8, offset), Live { requested: n, tag, label });
         inner.event(TraceKind::Alloc, rounded, n, Some(tag), pool, offset, label);
-        let base = inner.pools[pool].seg.base();
+        let base = inner.segment_base(pool);
         let ptr = if base.is_null() { base } else { unsafe { base.add(offset) } };
         Ok(Block { arena: self.clone(), pool: pool as u8, offset, size: rounded, requested: n, ptr })
     }
@@ -470,7 +489,11 @@ impl Arena {
         let mut g = self.lock();
         let inner = &mut *g;
         let live = inner.live.remove(&(b.pool, b.offset)).expect("freeing a block the arena does not hold");
-        inner.pools[b.pool as usize].release(b.offset, true);
+        if b.pool as usize == replay::STATIC_POOL {
+            inner.static_release(b.offset);
+        } else {
+            inner.pools[b.pool as usize].release(b.offset, true);
+        }
         inner.tick();
         let s = &mut inner.stats;
         s.frees += 1;
