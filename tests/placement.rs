@@ -2,6 +2,7 @@
 //! with the same figures, no overlap, and every departure counted.
 
 use headroom::alloc::{Arena, ArenaConfig, Backing, Block, Recording, StaticPlan, Tag, PAGE_SIZE};
+use std::collections::HashSet;
 
 /// A training-shaped step: parameters live across it; a forward stacks
 /// activations, a backward frees them in reverse with a temporary each.
@@ -40,26 +41,31 @@ fn planned(arena: &Arena) -> Recording {
 #[test]
 fn a_replayed_step_serves_every_allocation_from_the_plan_with_the_same_figures() {
     let a = arena(Backing::Host, None);
+    // Exactly two pages: no free bytes in the pools for the plan to reuse.
     let _params = a.alloc(4 << 20, Tag::Parameter, "init").unwrap();
     let rec = planned(&a);
     let plan = StaticPlan::from_recording(&rec);
     assert_eq!(plan.summary.buffers, 12);
     assert_eq!(plan.summary.pooled, 0);
+    assert_eq!(plan.summary.region, plan.summary.one_region);
     // The lower bound: every activation but the last (512 B), plus the
     // backward temporary of the 3 MiB one before it.
     let acts: usize = ACTS.iter().map(|n| n.div_ceil(512) * 512).sum();
     assert_eq!(plan.summary.lower_bound, acts - 512 + (3 << 19));
     assert!(plan.summary.region >= plan.summary.lower_bound);
     let before = a.stats();
-    a.set_static_plan(plan.clone()).unwrap();
+    a.set_static_plan(&rec).unwrap();
+    assert_eq!(a.static_plan().unwrap(), plan.summary);
     // Only the parameters' pages stay in the pools; the region is whole pages.
     let committed = plan.summary.region.div_ceil(PAGE_SIZE) * PAGE_SIZE;
     assert_eq!(a.stats().reserved.current, 2 * PAGE_SIZE + committed);
     a.reset_peaks();
     let locations = step(&a, &ACTS);
     assert!(locations.iter().all(|&(pool, _)| pool == "static"), "{locations:?}");
+    // One region from 0: the offsets are the plan's.
     let offsets: Vec<usize> = locations.iter().map(|l| l.1).collect();
-    let want: Vec<usize> = plan.entries.iter().map(|e| e.offset.unwrap()).collect();
+    let base = plan.entries.iter().map(|e| e.offset.unwrap()).min().unwrap();
+    let want: Vec<usize> = plan.entries.iter().map(|e| e.offset.unwrap() - base).collect();
     assert_eq!(offsets, want);
     let s = a.stats();
     assert_eq!(s.replay.hits, 12);
@@ -74,17 +80,23 @@ fn a_replayed_step_serves_every_allocation_from_the_plan_with_the_same_figures()
 #[test]
 fn static_blocks_hold_real_memory_that_never_overlaps() {
     let a = arena(Backing::Host, None);
+    // A small parameter keeps one small-pool page committed, mostly free:
+    // the plan puts small buffers there.
+    let _p = a.alloc(100_000, Tag::Parameter, "init").unwrap();
     let rec = planned(&a);
-    let plan = StaticPlan::from_recording(&rec);
-    a.set_static_plan(plan).unwrap();
+    a.set_static_plan(&rec).unwrap();
+    let summary = a.static_plan().unwrap();
+    assert!(summary.in_pool_pages > 0 && summary.pool_free == PAGE_SIZE - 100_352, "{summary:?}");
     let _s = a.begin_step();
     let mut held = Vec::new();
     for (i, &n) in ACTS.iter().enumerate() {
         let b = a.alloc(n, Tag::Activation, "forward").unwrap();
-        assert_eq!(b.location().0, "static");
         unsafe { std::ptr::write_bytes(b.as_ptr(), i as u8 + 1, b.size()) };
         held.push(b);
     }
+    let pools: HashSet<&str> = held.iter().map(|b| b.location().0).collect();
+    assert_eq!(pools, HashSet::from(["small", "static"]));
+    assert_eq!(a.stats().replay.hits, 6);
     // Every block still holds its own bytes: no two share memory.
     for (i, b) in held.iter().enumerate() {
         let bytes = unsafe { std::slice::from_raw_parts(b.as_ptr(), b.size()) };
@@ -95,8 +107,7 @@ fn static_blocks_hold_real_memory_that_never_overlaps() {
 #[test]
 fn a_mismatch_falls_back_to_the_pools_for_the_rest_of_the_step_and_is_counted() {
     let a = arena(Backing::Host, None);
-    let plan = StaticPlan::from_recording(&planned(&a));
-    a.set_static_plan(plan).unwrap();
+    a.set_static_plan(&planned(&a)).unwrap();
     let mut other = ACTS;
     other[2] = 6 << 20; // another size at the third allocation
     let locations = step(&a, &other);
@@ -121,8 +132,7 @@ fn a_mismatch_falls_back_to_the_pools_for_the_rest_of_the_step_and_is_counted() 
 #[test]
 fn a_block_held_across_steps_is_never_overlapped() {
     let a = arena(Backing::Host, None);
-    let plan = StaticPlan::from_recording(&planned(&a));
-    a.set_static_plan(plan).unwrap();
+    a.set_static_plan(&planned(&a)).unwrap();
     // Keep the first activation of a replayed step past its end.
     let kept = {
         let _s = a.begin_step();
@@ -137,9 +147,10 @@ fn a_block_held_across_steps_is_never_overlapped() {
 #[test]
 fn the_region_counts_against_the_budget() {
     let a = arena(Backing::Host, Some(64 << 20));
-    let mut plan = StaticPlan::from_recording(&planned(&a));
-    plan.summary.region = 80 << 20;
-    let err = a.set_static_plan(plan).unwrap_err();
+    let rec = planned(&a);
+    // The region needs more than one page: a one-page budget cannot hold it.
+    a.set_budget(Some(PAGE_SIZE));
+    let err = a.set_static_plan(&rec).unwrap_err();
     assert!(err.is_oom(), "{err}");
     assert!(err.to_string().contains("static plan"), "{err}");
     assert_eq!(a.stats().replay.committed, 0);
@@ -150,8 +161,7 @@ fn the_meta_arena_replays_to_the_byte() {
     let run = |backing| {
         let a = arena(backing, None);
         let _p = a.alloc(123_456, Tag::Parameter, "init").unwrap();
-        let plan = StaticPlan::from_recording(&planned(&a));
-        a.set_static_plan(plan).unwrap();
+        a.set_static_plan(&planned(&a)).unwrap();
         let loc = step(&a, &ACTS);
         let mut s = a.stats();
         s.largest_free = 0;

@@ -27,7 +27,7 @@ mod pool;
 mod replay;
 mod segment;
 
-pub use placement::StaticPlan;
+pub use placement::{Layout, StaticPlan};
 pub use replay::{Recording, ReplayStats, StaticFigures, StepGuard};
 pub use segment::{HostSegment, MetaSegment, Segment, SegmentError, PAGE_SIZE};
 
@@ -432,9 +432,9 @@ impl Arena {
         let mut retried = false;
         let planned = inner.static_take(rounded);
         let (offset, grown) = loop {
-            // A replayed step: the planned offset in the static region, already committed.
-            if let Some(off) = planned {
-                pool = replay::STATIC_POOL;
+            // A static plan's offset, in the region or a pool, already committed.
+            if let Some((p, off)) = planned {
+                pool = p;
                 break (off, 0);
             }
             match inner.try_place(pool, rounded) {

@@ -1,23 +1,26 @@
 //! Recording one step, and replaying later steps from its static plan.
 //!
 //! [`Arena::record`] captures the events of a window of allocator time
-//! (one training step). [`super::placement::StaticPlan::from_recording`]
-//! turns that into an offset for every step-local buffer, and
-//! [`Arena::set_static_plan`] commits one more segment, the *static region*,
-//! to the plan's size. From then on, inside a step ([`Arena::begin_step`]),
-//! the i-th allocation whose rounded size equals the plan's i-th entry is
-//! served at its planned offset in that region: no search, no split, no
-//! fragmentation. Its stats, tags, trace and peaks are counted exactly as
+//! (one training step). [`Arena::set_static_plan`] gives the pools' cached
+//! pages back, plans an offset for every step-local buffer of that step
+//! ([`super::placement`]) — in the free bytes of the pool pages that
+//! parameters and optimizer state keep committed, and above them in one
+//! more segment, the *static region*, committed once to the size the plan
+//! needs. From then on, inside a step ([`Arena::begin_step`]), the i-th
+//! allocation whose rounded size equals the plan's i-th entry is served at
+//! its planned offset: no search, no split, no fragmentation. Its stats, tags, trace and peaks are counted exactly as
 //! for any block; only where its bytes live differs. The first mismatch
 //! (another size, more allocations than planned, a planned range still held)
 //! sends the rest of that step to the caching pools and is counted in
 //! [`ReplayStats::misses`], so a plan that stopped fitting is visible.
+//! Between steps (evaluation, checkpoints) the region is idle, so an
+//! allocation there takes its lowest free range that fits, else the pools.
 
-use super::placement::{PlacementSummary, StaticPlan};
+use super::placement::{Layout, PlacementSummary, StaticPlan};
 use super::round_up;
 use super::{
     fmt_bytes, Arena, Backing, HostSegment, Inner, MetaSegment, OomReason, Segment, Stats, Tag, TraceEvent, TraceKind,
-    PAGE_SIZE,
+    GRANULE, PAGE_SIZE,
 };
 use crate::error::{Error, Result};
 use serde::Serialize;
@@ -46,6 +49,10 @@ pub struct ReplayStats {
     pub committed: usize,
     /// Reserved peak before the plan was installed: the caching allocator's.
     pub reserved_peak_before: usize,
+    /// Pool pages still committed after the installation, and the bytes in use
+    /// in them (parameters, optimizer state: what outlives a step).
+    pub pool_reserved: usize,
+    pub pool_allocated: usize,
     /// Highest reserved from the installation on, inside replayed steps.
     pub reserved_peak: usize,
     /// Steps begun with the plan installed.
@@ -54,6 +61,8 @@ pub struct ReplayStats {
     pub hits: u64,
     /// Steps that left the plan at a mismatch and finished in the pools.
     pub misses: u64,
+    /// Allocations between steps served from the idle region.
+    pub between_steps: u64,
 }
 
 /// The static plan's figures next to the caching allocator's, as `train`
@@ -90,23 +99,31 @@ impl StaticFigures {
         let over = |n: usize| 100.0 * (n as f64 / p.lower_bound.max(1) as f64 - 1.0);
         format!(
             "static plan of one steady-state step: {} step-local buffers ({} allocations left to the pools)\n\
-             \x20 lower bound (peak of live step-local bytes) {:>12}\n\
-             \x20 TFLite greedy (largest first, lowest offset) {:>12} (+{:.2} %)\n\
-             \x20 chosen ({:<15})                {:>12} (+{:.2} %), {} committed in whole pages\n\
-             \x20 replayed {} steps: {} allocations at their planned offset, {} steps fell back to the pools\n\
+             \x20 lower bound (peak of live step-local bytes)              {:>12}\n\
+             \x20 one region, TFLite greedy (largest first, lowest offset) {:>12} (+{:.2} %)\n\
+             \x20 one region, best strategy                               {:>12} (+{:.2} %)\n\
+             \x20 chosen: {} buffers in {} of free bytes in pool pages, the rest in a region of {} ({}; {} committed in whole pages)\n\
+             \x20 replayed {} steps: {} allocations at their planned offset, {} steps fell back to the pools, {} allocations between steps in the region\n\
+             \x20 the pools keep {} reserved for {} that outlives a step (parameters, optimizer state)\n\
              reserved ÷ peak live ({}): caching allocator {:.3} ({}), static plan {:.3} ({})\n",
             p.buffers,
             p.pooled,
             fmt_bytes(p.lower_bound),
             fmt_bytes(p.greedy_region),
             over(p.greedy_region),
-            p.strategy,
+            fmt_bytes(p.one_region),
+            over(p.one_region),
+            p.in_pool_pages,
+            fmt_bytes(p.pool_free),
             fmt_bytes(p.region),
-            over(p.region),
+            p.strategy,
             fmt_bytes(r.committed),
             r.steps,
             r.hits,
             r.misses,
+            r.between_steps,
+            fmt_bytes(r.pool_reserved),
+            fmt_bytes(r.pool_allocated),
             fmt_bytes(self.peak_allocated),
             self.caching_ratio,
             fmt_bytes(r.reserved_peak_before),
@@ -119,6 +136,9 @@ impl StaticFigures {
 pub(super) struct Replay {
     seg: Box<dyn Segment>,
     plan: StaticPlan,
+    /// Where the large pool and the region begin on the plan's address line.
+    large_base: usize,
+    base: usize,
     /// Index of the next planned allocation in this step.
     cursor: usize,
     in_step: bool,
@@ -134,6 +154,29 @@ impl Replay {
             Some((&o, &s)) => o + s <= offset,
             None => true,
         }
+    }
+
+    /// Which pool (or the region) and where, for an offset on the plan's line.
+    fn locate(&self, at: usize) -> (usize, usize) {
+        if at >= self.base {
+            (STATIC_POOL, at - self.base)
+        } else if at >= self.large_base {
+            (1, at - self.large_base)
+        } else {
+            (0, at)
+        }
+    }
+
+    /// The lowest free range of `size` bytes in the region.
+    fn first_fit(&self, size: usize, region: usize) -> Option<usize> {
+        let mut at = 0;
+        for (&o, &s) in &self.live {
+            if o >= at + size {
+                return Some(at);
+            }
+            at = at.max(o + s);
+        }
+        (region >= at + size).then_some(at)
     }
 }
 
@@ -181,11 +224,13 @@ impl Arena {
         (out, rec)
     }
 
-    /// Install `plan`: give the pools' cached pages back (the region takes
-    /// over the step's bytes), then commit the static region once, counted in
-    /// reserved and held to the budget. Replaces a previous plan whose
-    /// blocks are all freed.
-    pub fn set_static_plan(&self, plan: StaticPlan) -> Result<()> {
+    /// Plan the step `step` recorded and install the plan: give the pools'
+    /// cached pages back (the plan takes over the step's bytes), place every
+    /// step-local buffer in the free bytes of the pool pages still committed
+    /// or above them, and commit the static region once, counted in reserved
+    /// and held to the budget. Replaces a previous plan whose blocks are all
+    /// freed.
+    pub fn set_static_plan(&self, step: &Recording) -> Result<()> {
         let mut g = self.lock();
         let inner = &mut *g;
         if let Some(old) = &inner.replay {
@@ -209,6 +254,14 @@ impl Arena {
         }
         let reserved_peak_before = inner.stats.reserved.peak;
         inner.release_cached();
+        // The plan's address line: the small pool, the large pool, the region,
+        // each pool to the end of its last page, a granule apart so no buffer
+        // straddles two.
+        let large_base = round_up(inner.pools[0].frontier(), PAGE_SIZE) + GRANULE;
+        let base = large_base + round_up(inner.pools[1].frontier(), PAGE_SIZE) + GRANULE;
+        let mut free = inner.pools[0].committed_free();
+        free.extend(inner.pools[1].committed_free().into_iter().map(|(o, n)| (o + large_base, n)));
+        let plan = StaticPlan::new(step, &Layout { free, base });
         let region = plan.summary.region;
         let committed = round_up(region, PAGE_SIZE);
         let oom = |inner: &Inner, reason| {
@@ -238,10 +291,13 @@ impl Arena {
             placement: plan.summary,
             committed,
             reserved_peak_before,
+            pool_reserved: inner.stats.reserved.current - committed,
+            pool_allocated: inner.stats.allocated.current,
             reserved_peak: inner.stats.reserved.current,
             ..ReplayStats::default()
         };
-        inner.replay = Some(Replay { seg, plan, cursor: 0, in_step: false, left: false, live: BTreeMap::new() });
+        inner.replay =
+            Some(Replay { seg, plan, large_base, base, cursor: 0, in_step: false, left: false, live: BTreeMap::new() });
         Ok(())
     }
 
@@ -268,31 +324,46 @@ impl Arena {
 }
 
 impl Inner {
-    /// The planned offset for this allocation of a replayed step, if it
-    /// matches the plan; `None` sends it to the pools.
-    pub(super) fn static_take(&mut self, rounded: usize) -> Option<usize> {
+    /// Where this allocation goes when a plan is installed, as (pool,
+    /// offset), the pool being [`STATIC_POOL`] for the region; `None` sends
+    /// it to the pools' own search.
+    pub(super) fn static_take(&mut self, rounded: usize) -> Option<(usize, usize)> {
         let r = self.replay.as_mut()?;
-        if !r.in_step || r.left {
+        if !r.in_step {
+            let off = r.first_fit(rounded, self.stats.replay.committed)?;
+            r.live.insert(off, rounded);
+            self.stats.replay.between_steps += 1;
+            return Some((STATIC_POOL, off));
+        }
+        if r.left {
             return None;
         }
         let planned = r.plan.entries.get(r.cursor).copied();
         r.cursor += 1;
-        match planned {
+        let at = match planned {
             Some(e) if e.size == rounded => match e.offset {
-                None => None, // outlives the step: the plan leaves it to the pools
-                // A block kept from an earlier step may still hold the range: never overlap it.
-                Some(off) if r.is_free(off, rounded) => {
-                    r.live.insert(off, rounded);
-                    self.stats.replay.hits += 1;
-                    Some(off)
-                }
-                Some(_) => self.leave_plan(),
+                None => return None, // outlives the step: the plan leaves it to the pools
+                Some(at) => r.locate(at),
             },
-            _ => self.leave_plan(),
+            _ => return self.leave_plan(),
+        };
+        // A block kept from an earlier step may still hold the range: never overlap it.
+        let free = match at {
+            (STATIC_POOL, off) if r.is_free(off, rounded) => {
+                r.live.insert(off, rounded);
+                true
+            }
+            (STATIC_POOL, _) => false,
+            (pool, off) => self.pools[pool].claim(off, rounded),
+        };
+        if !free {
+            return self.leave_plan();
         }
+        self.stats.replay.hits += 1;
+        Some(at)
     }
 
-    fn leave_plan(&mut self) -> Option<usize> {
+    fn leave_plan(&mut self) -> Option<(usize, usize)> {
         if let Some(r) = self.replay.as_mut() {
             r.left = true;
         }
