@@ -177,6 +177,11 @@ struct TrainArgs {
     /// train: use the cheapest configuration that `fit` finds for --budget.
     #[arg(long)]
     fit: bool,
+    /// Record the second step, give each of its buffers a fixed offset, and
+    /// replay every later step from that plan (plan: predict that run, with
+    /// reserved ÷ peak live for the caching allocator and for the plan).
+    #[arg(long)]
+    static_plan: bool,
 }
 
 fn parse_attention(s: &str) -> Result<AttentionKind, String> {
@@ -217,6 +222,7 @@ impl TrainArgs {
             layers: self.layers,
             dim: self.dim,
             eval_every: self.eval_every,
+            static_plan: self.static_plan,
             ..TrainConfig::default()
         })
     }

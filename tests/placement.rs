@@ -181,3 +181,66 @@ fn recording_keeps_a_running_trace_and_its_starting_state() {
     let trace = a.take_trace();
     assert_eq!(trace[trace.len() - 4..], rec.events[..], "the running trace keeps the recorded events");
 }
+
+// ---- the trainer hook -------------------------------------------------------
+
+use headroom::plan::plan;
+use headroom::train::{train, TrainConfig};
+
+fn small(steps: usize) -> TrainConfig {
+    TrainConfig { steps: Some(steps), dim: 32, hidden: 64, layers: 2, progress: false, ..Default::default() }
+}
+
+#[test]
+fn a_static_plan_run_is_bit_identical_and_replays_every_later_step_without_a_miss() {
+    let dir = std::env::temp_dir().join(format!("headroom-static-{}", std::process::id()));
+    let run = |static_plan: bool| {
+        let ck = dir.join(if static_plan { "static" } else { "caching" });
+        let r = train(&TrainConfig { static_plan, checkpoint_dir: Some(ck.clone()), ..small(6) }).unwrap();
+        let weights = std::fs::read(ck.join("step-00000006/model.safetensors")).unwrap();
+        (r, weights)
+    };
+    let (plain, plain_weights) = run(false);
+    let (replayed, replayed_weights) = run(true);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(plain_weights == replayed_weights, "parameters and moments differ");
+    assert_eq!(plain.loss_last.to_bits(), replayed.loss_last.to_bits());
+    assert_eq!(plain.eval_metric.to_bits(), replayed.eval_metric.to_bits());
+    assert_eq!(plain.peak_allocated_bytes, replayed.peak_allocated_bytes);
+    assert!(plain.static_plan.is_none());
+    let f = replayed.static_plan.unwrap();
+    // Steps 3..6 replay; every allocation of each is served by the plan.
+    assert_eq!(f.replay.steps, 4);
+    assert_eq!(f.replay.misses, 0);
+    assert_eq!(f.replay.hits, 4 * f.replay.placement.buffers as u64);
+    assert_eq!(f.replay.placement.pooled, 0);
+}
+
+#[test]
+fn plan_predicts_a_static_plan_run_to_the_byte() {
+    for c in [small(3), TrainConfig { batch: 16, accum: 2, layers: 3, ..small(3) }] {
+        let c = TrainConfig { static_plan: true, ..c };
+        let p = plan(&c).unwrap();
+        let m = train(&c).unwrap();
+        assert_eq!(p.predicted_peak_allocated_bytes, m.peak_allocated_bytes);
+        assert_eq!(p.predicted_peak_reserved_bytes, m.peak_reserved_bytes);
+        assert_eq!(p.static_plan, m.static_plan, "{c:?}");
+        assert!(p.static_plan.unwrap().replay.reserved_peak > 0);
+    }
+}
+
+#[test]
+fn the_plan_is_within_2_percent_of_the_lower_bound_and_beats_the_caching_allocator() {
+    let default = TrainConfig { static_plan: true, progress: false, ..Default::default() };
+    let larger = TrainConfig { layers: 6, dim: 256, batch: 64, ..default.clone() };
+    for c in [default, larger] {
+        let f = plan(&c).unwrap().static_plan.unwrap();
+        let p = f.replay.placement;
+        println!("{}", f.text());
+        assert!(p.one_region as f64 <= 1.02 * p.lower_bound as f64, "{p:?}");
+        assert!(p.greedy_region >= p.one_region && p.one_region >= p.lower_bound);
+        assert!(p.region <= p.one_region);
+        assert!(f.static_ratio <= f.caching_ratio, "{f:?}");
+        assert_eq!(f.replay.misses, 0);
+    }
+}
