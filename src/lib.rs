@@ -19,6 +19,7 @@ pub mod nn;
 pub mod ops;
 pub mod optim;
 pub mod plan;
+pub mod report;
 pub mod rng;
 pub mod tensor;
 pub mod train;

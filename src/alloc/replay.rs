@@ -19,8 +19,8 @@
 use super::placement::{Layout, PlacementSummary, StaticPlan};
 use super::round_up;
 use super::{
-    fmt_bytes, Arena, Backing, HostSegment, Inner, MetaSegment, OomReason, Segment, Stats, Tag, TraceEvent, TraceKind,
-    GRANULE, PAGE_SIZE,
+    fmt_bytes, Arena, Backing, HostSegment, Inner, LiveBlock, MetaSegment, OomReason, Segment, Stats, Tag, TraceEvent,
+    TraceKind, GRANULE, PAGE_SIZE,
 };
 use crate::error::{Error, Result};
 use serde::Serialize;
@@ -39,6 +39,8 @@ pub struct Recording {
     /// Allocated bytes per tag when the window began, indexed like [`Tag::ALL`].
     pub start_by_tag: [usize; 7],
     pub start_reserved: usize,
+    /// The blocks in use when the window began (their tags, for retags).
+    pub start_blocks: Vec<LiveBlock>,
 }
 
 /// What the static plan did (all zero while none is installed).
@@ -198,6 +200,7 @@ impl Arena {
     /// even when tracing is off; a running trace keeps them too) and the
     /// bytes per tag it started from.
     pub fn record<T>(&self, f: impl FnOnce() -> T) -> (T, Recording) {
+        let start_blocks = self.live_blocks();
         let (was_tracing, first, mut rec) = {
             let mut g = self.lock();
             let was = g.tracing;
@@ -212,6 +215,7 @@ impl Arena {
                 end_clock: 0,
                 start_by_tag,
                 start_reserved: g.stats.reserved.current,
+                start_blocks,
             };
             (was, g.trace.len(), rec)
         };
