@@ -182,6 +182,10 @@ struct TrainArgs {
     /// reserved ÷ peak live for the caching allocator and for the plan).
     #[arg(long)]
     static_plan: bool,
+    /// Write the memory report (one self-contained HTML page) of one
+    /// steady-state step: train records one of the run, plan the planned one.
+    #[arg(long, value_name = "FILE.html")]
+    report: Option<std::path::PathBuf>,
 }
 
 fn parse_attention(s: &str) -> Result<AttentionKind, String> {
@@ -223,6 +227,7 @@ impl TrainArgs {
             dim: self.dim,
             eval_every: self.eval_every,
             static_plan: self.static_plan,
+            report: self.report.clone(),
             ..TrainConfig::default()
         })
     }
@@ -261,6 +266,11 @@ fn run_train(a: TrainArgs) -> Result<(), Box<dyn std::error::Error>> {
 
 fn run_plan(a: TrainArgs) -> Result<(), Box<dyn std::error::Error>> {
     let p = plan::plan(&a.config()?)?;
+    if let Some(path) = &a.report {
+        std::fs::write(path, headroom::report::for_plan(&p, &p.step))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        eprintln!("memory report of the planned steady-state step: {}", path.display());
+    }
     if a.json {
         println!("{}", serde_json::to_string(&p)?);
     } else {

@@ -8,7 +8,7 @@
 //! figure it reports is the allocator's own, so it equals what `train`
 //! measures for the same configuration, to the byte.
 
-use crate::alloc::{fmt_bytes, StaticFigures, Stats, Tag, TraceEvent, TraceKind};
+use crate::alloc::{fmt_bytes, Recording, StaticFigures, Stats, Tag, TraceEvent, TraceKind};
 use crate::error::{Error, Result};
 use crate::ops::AttentionKind;
 use crate::train::{resolve_recompute, simulate, Precision, Recompute, TrainConfig};
@@ -53,6 +53,9 @@ pub struct PlanReport {
     /// Clock of the first event of the second (steady-state) step.
     #[serde(skip)]
     pub step_start_clock: u64,
+    /// The second step's events and starting state, for the memory report.
+    #[serde(skip)]
+    pub step: Recording,
     #[serde(skip)]
     pub stats: Stats,
 }
@@ -85,6 +88,7 @@ pub fn plan(cfg: &TrainConfig) -> Result<PlanReport> {
         static_plan: StaticFigures::of(&stats),
         trace,
         step_start_clock: step.start_clock,
+        step,
         stats,
     })
 }

@@ -115,6 +115,8 @@ pub struct TrainConfig {
     pub progress: bool,
     /// Record the second step, plan its buffers statically, replay every later step.
     pub static_plan: bool,
+    /// Write the memory report of one recorded steady-state step here (HTML).
+    pub report: Option<PathBuf>,
 }
 
 impl Default for TrainConfig {
@@ -143,6 +145,7 @@ impl Default for TrainConfig {
             resume: false,
             progress: true,
             static_plan: false,
+            report: None,
         }
     }
 }
@@ -602,13 +605,19 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainReport> {
     let start = Instant::now();
     let mut smooth = f32::NAN;
     let first = run.step;
+    // The second step is the steady state (the first creates the optimizer state).
+    let record_at = first + usize::from(total > first + 1);
+    let mut recorded = None;
     while run.step < total {
         let t0 = Instant::now();
-        let out = if cfg.static_plan && run.step == first + 1 {
-            // Record this steady-state step; every later step replays its plan.
+        let out = if (cfg.static_plan || cfg.report.is_some()) && run.step == record_at {
+            // Record this step: its plan replays in every later step, the report shows it.
             let (out, step) = arena.record(|| run.train_step());
             let out = out?;
-            arena.set_static_plan(&step)?;
+            if cfg.static_plan {
+                arena.set_static_plan(&step)?;
+            }
+            recorded = Some(step);
             out
         } else {
             run.train_step()?
@@ -696,6 +705,12 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainReport> {
         eprintln!("memory by tag over the run:\n{}", s.table());
         if let Some(f) = &report.static_plan {
             eprint!("{}", f.text());
+        }
+    }
+    if let (Some(path), Some(step)) = (&cfg.report, &recorded) {
+        std::fs::write(path, crate::report::for_train(&report, step)).map_err(|e| Error::io(path.display(), e))?;
+        if cfg.progress {
+            eprintln!("memory report of step {}: {}", record_at + 1, path.display());
         }
     }
     Ok(report)
