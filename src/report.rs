@@ -315,12 +315,7 @@ pub fn for_plan(p: &PlanReport, step: &Recording) -> String {
     if let Some(f) = &p.static_plan {
         config.push(("reserved ÷ peak live".to_string(), ratios(f)));
     }
-    html(&Page {
-        title: "headroom plan: memory of one step".to_string(),
-        config,
-        step,
-        budget: p.budget_bytes,
-    })
+    html(&Page { title: "headroom plan: memory of one step".to_string(), config, step, budget: p.budget_bytes })
 }
 
 /// The report of a training run: one recorded steady-state step of it.
