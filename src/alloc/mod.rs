@@ -15,8 +15,9 @@
 //!   [`OutOfMemory`].
 //! - With a static plan installed ([`Arena::set_static_plan`]), the
 //!   allocations of a step ([`Arena::begin_step`]) that follow the plan are
-//!   served at planned offsets in a third, pre-committed segment (replay.rs);
-//!   the rest use the pools as above.
+//!   served at planned offsets — in free bytes of committed pool pages or in
+//!   a third, pre-committed segment (replay.rs); the rest use the pools as
+//!   above.
 //!
 //! The arena is a cheap handle (`Arc<Mutex<..>>`). The lock is taken once per
 //! allocation and once per free, never per element: kernels on rayon workers

@@ -1,6 +1,5 @@
-//! Static placement: an offset for every buffer of one recorded step, in one
-//! region, so replaying the step needs no allocator search and leaves no
-//! holes.
+//! Static placement: an offset for every buffer of one recorded step, so
+//! replaying the step needs no allocator search and leaves no holes.
 //!
 //! A step's *step-local* buffers are the blocks it allocates and frees
 //! inside itself (activations, temporaries, gradients, data, workspace);
@@ -16,6 +15,12 @@
 //! best-fit choice of gap, and each on the time-reversed step (the problem
 //! is symmetric in time, the heuristics are not) — and keep the smallest
 //! region, as XLA's heap simulator picks the best of its heap algorithms.
+//!
+//! The offsets live on one address line ([`Layout`]): ranges that are free
+//! for the whole step (the arena passes the free bytes of the pool pages
+//! that parameters and optimizer state keep committed) and, above them,
+//! the static region. Ranges in use are placed first as buffers alive all
+//! the time, so the same greedy fills the free bytes before the region.
 
 use super::Recording;
 use super::TraceKind;
