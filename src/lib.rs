@@ -55,6 +55,7 @@ pub mod ops;
 pub mod optim;
 pub mod plan;
 pub mod preset;
+pub mod report;
 pub mod rng;
 pub mod tensor;
 pub mod train;

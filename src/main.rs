@@ -201,6 +201,15 @@ struct TrainArgs {
     /// train: use the cheapest configuration that `fit` finds for --budget.
     #[arg(long)]
     fit: bool,
+    /// Record the second step, give each of its buffers a fixed offset, and
+    /// replay every later step from that plan (plan: predict that run, with
+    /// reserved ÷ peak live for the caching allocator and for the plan).
+    #[arg(long)]
+    static_plan: bool,
+    /// Write the memory report (one self-contained HTML page) of one
+    /// steady-state step: train records one of the run, plan the planned one.
+    #[arg(long, value_name = "FILE.html")]
+    report: Option<std::path::PathBuf>,
 }
 
 fn parse_attention(s: &str) -> Result<AttentionKind, String> {
@@ -253,6 +262,8 @@ impl TrainArgs {
             seed: self.seed,
             budget: self.budget,
             eval_every: self.eval_every,
+            static_plan: self.static_plan,
+            report: self.report.clone(),
             ..base
         })
     }
@@ -291,6 +302,11 @@ fn run_train(a: TrainArgs) -> Result<(), Box<dyn std::error::Error>> {
 
 fn run_plan(a: TrainArgs) -> Result<(), Box<dyn std::error::Error>> {
     let p = plan::plan(&a.config()?)?;
+    if let Some(path) = &a.report {
+        std::fs::write(path, headroom::report::for_plan(&p, &p.step))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        eprintln!("memory report of the planned steady-state step: {}", path.display());
+    }
     if a.json {
         println!("{}", serde_json::to_string(&p)?);
     } else {

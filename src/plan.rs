@@ -8,7 +8,7 @@
 //! figure it reports is the allocator's own, so it equals what `train`
 //! measures for the same configuration, to the byte.
 
-use crate::alloc::{fmt_bytes, Stats, Tag, TraceEvent, TraceKind};
+use crate::alloc::{fmt_bytes, Recording, StaticFigures, Stats, Tag, TraceEvent, TraceKind};
 use crate::error::{Error, Result};
 use crate::ops::AttentionKind;
 use crate::train::{resolve_recompute, simulate, Precision, Recompute, TrainConfig};
@@ -48,12 +48,17 @@ pub struct PlanReport {
     pub budget_bytes: Option<usize>,
     pub fits_budget: bool,
     pub planning_ms: f64,
+    /// With `--static-plan`: the plan and reserved ÷ peak live with and without it.
+    pub static_plan: Option<StaticFigures>,
     /// Every allocator event of the planned steps, for reports.
     #[serde(skip)]
     pub trace: Vec<TraceEvent>,
     /// Clock of the first event of the second (steady-state) step.
     #[serde(skip)]
     pub step_start_clock: u64,
+    /// The second step's events and starting state, for the memory report.
+    #[serde(skip)]
+    pub step: Recording,
     #[serde(skip)]
     pub stats: Stats,
 }
@@ -62,7 +67,7 @@ pub struct PlanReport {
 pub fn plan(cfg: &TrainConfig) -> Result<PlanReport> {
     let t0 = Instant::now();
     let c = TrainConfig { progress: false, ..cfg.clone() };
-    let (arena, run, step_start_clock) = simulate(&c, resolve_recompute(&c)?, true)?;
+    let (arena, run, step) = simulate(&c, resolve_recompute(&c)?, true)?;
     let stats = arena.stats();
     let trace = arena.take_trace();
     let mut largest_live = live_at(&trace, stats.allocated.peak_clock);
@@ -85,8 +90,10 @@ pub fn plan(cfg: &TrainConfig) -> Result<PlanReport> {
         budget_bytes: c.budget,
         fits_budget: c.budget.is_none_or(|b| reserved <= b),
         planning_ms: t0.elapsed().as_secs_f64() * 1e3,
+        static_plan: StaticFigures::of(&stats),
         trace,
-        step_start_clock,
+        step_start_clock: step.start_clock,
+        step,
         stats,
     })
 }
@@ -150,6 +157,9 @@ impl PlanReport {
         out += "largest tensors live at the peak:\n";
         for l in &self.largest_live {
             out += &format!("  {:>12}  {:<16} from `{}`\n", fmt_bytes(l.bytes), l.tag.name(), l.op);
+        }
+        if let Some(f) = &self.static_plan {
+            out += &f.text();
         }
         out
     }

@@ -3,7 +3,7 @@
 //! precision with dynamic loss scaling, recovery from out-of-memory steps and
 //! crash-safe checkpoints — and live memory figures.
 
-use crate::alloc::{fmt_bytes, Arena, ArenaConfig, Backing, Stats, Tag};
+use crate::alloc::{fmt_bytes, Arena, ArenaConfig, Backing, Recording, StaticFigures, Stats, Tag};
 use crate::autograd::{self, no_grad};
 use crate::checkpoint::{self, TrainerState, FORMAT};
 use crate::data::synthetic::Synthetic;
@@ -121,6 +121,10 @@ pub struct TrainConfig {
     pub resume: bool,
     /// Print progress to stderr.
     pub progress: bool,
+    /// Record the second step, plan its buffers statically, replay every later step.
+    pub static_plan: bool,
+    /// Write the memory report of one recorded steady-state step here (HTML).
+    pub report: Option<PathBuf>,
 }
 
 impl TrainConfig {
@@ -167,6 +171,8 @@ impl Default for TrainConfig {
             checkpoint_every: 50,
             resume: false,
             progress: true,
+            static_plan: false,
+            report: None,
         }
     }
 }
@@ -202,6 +208,8 @@ pub struct TrainReport {
     /// Blocks that recompute their activations.
     pub recomputed_blocks: usize,
     pub budget_bytes: Option<usize>,
+    /// The static plan's figures (`--static-plan`).
+    pub static_plan: Option<StaticFigures>,
 }
 
 /// Dynamic loss scaling for f16 (GradScaler's rules): start at 2^16, double
@@ -351,6 +359,7 @@ impl Run {
     /// micro-batch halves, accumulation doubles, and the same samples are
     /// replayed with the same RNG state: no step and no sample is lost.
     pub fn train_step(&mut self) -> Result<StepOutcome> {
+        let _step = self.arena.begin_step(); // a static plan replays inside it
         let samples = self.next_samples();
         let rng = self.rng.clone();
         loop {
@@ -586,19 +595,24 @@ fn unscale(params: &[Tensor], factor: f32) -> Result<()> {
 /// A run of `cfg` on a meta arena, exactly as `train` would do it: two
 /// optimizer steps (the first creates the optimizer state the second holds
 /// at its peak) and the final evaluation, with no memory and no kernel work.
-/// Returns the arena, the run and the clock at which the second step began.
-pub fn simulate(cfg: &TrainConfig, recompute: Vec<bool>, trace: bool) -> Result<(Arena, Run, u64)> {
+/// With `cfg.static_plan`, the second step's plan is installed and a third
+/// step replays it. Returns the arena, the run and the second step's recording.
+pub fn simulate(cfg: &TrainConfig, recompute: Vec<bool>, trace: bool) -> Result<(Arena, Run, Recording)> {
     let arena = Arena::new(ArenaConfig { budget: None, backing: Backing::Meta, trace })
         .map_err(|e| Error::invalid("plan", e.to_string()))?;
     let quiet = TrainConfig { progress: false, budget: None, ..cfg.clone() };
     let mut run = Run::new(&quiet, arena.clone())?;
     run.recompute = recompute;
     run.train_step()?;
-    let second = arena.stats().clock + 1;
-    run.train_step()?;
+    let (second, step) = arena.record(|| run.train_step());
+    second?;
+    if cfg.static_plan {
+        arena.set_static_plan(&step)?;
+        run.train_step()?;
+    }
     let (_, test_set) = datasets(cfg)?;
     evaluate(&arena, &run.model, &test_set, run.micro, cfg.precision.dtype())?;
-    Ok((arena, run, second))
+    Ok((arena, run, step))
 }
 
 /// The allocator's figures for a run of `cfg`, planned (see [`simulate`]).
@@ -690,9 +704,23 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainReport> {
     let start = Instant::now();
     let mut smooth = f32::NAN;
     let first = run.step;
+    // The second step is the steady state (the first creates the optimizer state).
+    let record_at = first + usize::from(total > first + 1);
+    let mut recorded = None;
     while run.step < total {
         let t0 = Instant::now();
-        let out = run.train_step()?;
+        let out = if (cfg.static_plan || cfg.report.is_some()) && run.step == record_at {
+            // Record this step: its plan replays in every later step, the report shows it.
+            let (out, step) = arena.record(|| run.train_step());
+            let out = out?;
+            if cfg.static_plan {
+                arena.set_static_plan(&step)?;
+            }
+            recorded = Some(step);
+            out
+        } else {
+            run.train_step()?
+        };
         times.push(t0.elapsed().as_secs_f64() * 1e3);
         if run.loss_first.is_nan() {
             run.loss_first = out.loss;
@@ -764,6 +792,7 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainReport> {
         precision: cfg.precision,
         recomputed_blocks: run.recompute.iter().filter(|&&r| r).count(),
         budget_bytes: cfg.budget,
+        static_plan: StaticFigures::of(&s),
     };
     if cfg.progress {
         eprintln!(
@@ -777,6 +806,15 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainReport> {
             report.skipped_steps
         );
         eprintln!("memory by tag over the run:\n{}", s.table());
+        if let Some(f) = &report.static_plan {
+            eprint!("{}", f.text());
+        }
+    }
+    if let (Some(path), Some(step)) = (&cfg.report, &recorded) {
+        std::fs::write(path, crate::report::for_train(&report, step)).map_err(|e| Error::io(path.display(), e))?;
+        if cfg.progress {
+            eprintln!("memory report of step {}: {}", record_at + 1, path.display());
+        }
     }
     Ok(report)
 }

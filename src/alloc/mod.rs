@@ -13,14 +13,23 @@
 //! - With a budget, reserved never exceeds it: a request that would push it
 //!   over first releases the cache and retries, then fails with
 //!   [`OutOfMemory`].
+//! - With a static plan installed ([`Arena::set_static_plan`]), the
+//!   allocations of a step ([`Arena::begin_step`]) that follow the plan are
+//!   served at planned offsets — in free bytes of committed pool pages or in
+//!   a third, pre-committed segment (replay.rs); the rest use the pools as
+//!   above.
 //!
 //! The arena is a cheap handle (`Arc<Mutex<..>>`). The lock is taken once per
 //! allocation and once per free, never per element: kernels on rayon workers
 //! write into blocks they already hold.
 
+pub mod placement;
 mod pool;
+mod replay;
 mod segment;
 
+pub use placement::{Layout, StaticPlan};
+pub use replay::{Recording, ReplayStats, StaticFigures, StepGuard};
 pub use segment::{HostSegment, MetaSegment, Segment, SegmentError, PAGE_SIZE};
 
 use pool::Pool;
@@ -149,6 +158,8 @@ pub struct Stats {
     /// request served without growing.
     pub largest_free: usize,
     pub clock: u64,
+    /// The static plan's figures, when one is installed.
+    pub replay: ReplayStats,
 }
 
 impl Stats {
@@ -315,7 +326,7 @@ impl Default for ArenaConfig {
     }
 }
 
-const POOL_NAMES: [&str; 2] = ["small", "large"];
+const POOL_NAMES: [&str; 3] = ["small", "large", "static"];
 
 /// Most address space one host pool reserves: 16 TiB, so both pools fit in
 /// the 128 TiB of a 47-bit user address space whatever budget is asked for.
@@ -352,6 +363,7 @@ struct Inner {
     stats: Stats,
     tracing: bool,
     trace: Vec<TraceEvent>,
+    replay: Option<replay::Replay>,
 }
 
 /// The caching arena. Cloning gives another handle to the same arena.
@@ -402,6 +414,7 @@ impl Arena {
                 stats: Stats::default(),
                 tracing: config.trace,
                 trace: Vec::new(),
+                replay: None,
             })),
         })
     }
@@ -436,11 +449,17 @@ impl Arena {
         // Within a granule of usize::MAX the rounding overflows: saturate, and
         // `try_place` refuses it as larger than any pool.
         let rounded = n.max(1).checked_next_multiple_of(GRANULE).unwrap_or(usize::MAX);
-        let pool = if rounded <= SMALL_LIMIT { 0 } else { 1 };
+        let mut pool = if rounded <= SMALL_LIMIT { 0 } else { 1 };
         let mut g = self.lock();
         let inner = &mut *g;
         let mut retried = false;
+        let planned = inner.static_take(rounded);
         let (offset, grown) = loop {
+            // A static plan's offset, in the region or a pool, already committed.
+            if let Some((p, off)) = planned {
+                pool = p;
+                break (off, 0);
+            }
             match inner.try_place(pool, rounded) {
                 Ok(placed) => break placed,
                 Err(reason) if !retried && inner.cached() > 0 && !matches!(reason, OomReason::TooLarge { .. }) => {
@@ -465,6 +484,7 @@ impl Arena {
             inner.stats.segment_grows += 1;
             inner.stats.reserved.add(grown, clock, label);
             inner.event(TraceKind::Grow, grown, 0, None, pool, offset, label);
+            inner.note_replay_reserved();
         }
         let s = &mut inner.stats;
         s.allocs += 1;
@@ -482,7 +502,7 @@ impl Arena {
         }
         inner.live.insert((pool as u8, offset), Live { requested: n, tag, label });
         inner.event(TraceKind::Alloc, rounded, n, Some(tag), pool, offset, label);
-        let base = inner.pools[pool].seg.base();
+        let base = inner.segment_base(pool);
         let ptr = if base.is_null() { base } else { unsafe { base.add(offset) } };
         Ok(Block { arena: self.clone(), pool: pool as u8, offset, size: rounded, requested: n, ptr })
     }
@@ -491,7 +511,11 @@ impl Arena {
         let mut g = self.lock();
         let inner = &mut *g;
         let live = inner.live.remove(&(b.pool, b.offset)).expect("freeing a block the arena does not hold");
-        inner.pools[b.pool as usize].release(b.offset, true);
+        if b.pool as usize == replay::STATIC_POOL {
+            inner.static_release(b.offset);
+        } else {
+            inner.pools[b.pool as usize].release(b.offset, true);
+        }
         inner.tick();
         let s = &mut inner.stats;
         s.frees += 1;

@@ -112,6 +112,74 @@ impl Pool {
         Some(offset)
     }
 
+    /// The free bytes inside committed pages, as (offset, bytes) runs by offset.
+    pub fn committed_free(&self) -> Vec<(usize, usize)> {
+        let page = self.page();
+        let mut out: Vec<(usize, usize)> = Vec::new();
+        for (&offset, b) in self.blocks.iter().filter(|(_, b)| !b.used) {
+            let mut at = offset;
+            while at < offset + b.size {
+                let end = ((at / page + 1) * page).min(offset + b.size);
+                if self.committed[at / page] {
+                    match out.last_mut() {
+                        Some((o, n)) if *o + *n == at => *n += end - at,
+                        _ => out.push((at, end - at)),
+                    }
+                }
+                at = end;
+            }
+        }
+        // `release_cached` trims the range to the last block in use, not to its page.
+        let page_end = self.committed.len() * page;
+        if self.frontier < page_end && self.committed.last() == Some(&true) {
+            match out.last_mut() {
+                Some((o, n)) if *o + *n == self.frontier => *n += page_end - self.frontier,
+                _ => out.push((self.frontier, page_end - self.frontier)),
+            }
+        }
+        out
+    }
+
+    /// Mark `[offset, offset + size)` in use if it is free and committed
+    /// (a static plan's placement in this pool). Never grows the pool.
+    pub fn claim(&mut self, offset: usize, size: usize) -> bool {
+        let page_end = self.committed.len() * self.page();
+        if offset + size > self.frontier {
+            // Past the range but inside its last, committed page: take that page's end back.
+            if offset + size > page_end || self.committed.last() != Some(&true) {
+                return false;
+            }
+            let tail = self.blocks.iter().next_back().map(|(&o, &b)| (o, b));
+            let start = match tail {
+                Some((o, b)) if !b.used => {
+                    self.free.remove(&(b.size, o));
+                    o
+                }
+                _ => self.frontier,
+            };
+            self.blocks.insert(start, BlockInfo { size: page_end - start, used: false });
+            self.free.insert((page_end - start, start));
+            self.frontier = page_end;
+        }
+        let Some((&o, &b)) = self.blocks.range(..=offset).next_back() else { return false };
+        if b.used || o + b.size < offset + size || self.uncommitted_bytes(offset, size) > 0 {
+            return false;
+        }
+        self.free.remove(&(b.size, o));
+        if offset > o {
+            self.blocks.insert(o, BlockInfo { size: offset - o, used: false });
+            self.free.insert((offset - o, o));
+        }
+        if o + b.size > offset + size {
+            let rest = o + b.size - (offset + size);
+            self.blocks.insert(offset + size, BlockInfo { size: rest, used: false });
+            self.free.insert((rest, offset + size));
+        }
+        self.blocks.insert(offset, BlockInfo { size, used: true });
+        // Every page is committed: this only counts the block as a user of each.
+        self.commit_block(offset, size).is_ok()
+    }
+
     /// Undo a `place` that could not be committed, including any growth of
     /// the range it caused (that growth is never committed).
     pub fn unplace(&mut self, offset: usize, frontier_before: usize) {
