@@ -1,0 +1,418 @@
+//! What a launch is, for the GPU and the CPU harness alike: the one table of
+//! launch assumptions ([`LAUNCH`]: block size, grid rule, dynamic shared
+//! memory per kernel), kernel arguments ([`KernelArg`], passed the way
+//! cuLaunchKernel takes them), and the builders that turn an op's operands
+//! into a [`Launch`]. The resource tests read the same table, so what ptxas
+//! is checked against is what the launches do.
+
+use crate::error::{Error, Result};
+use crate::tensor::DType;
+use std::ffi::c_void;
+
+/// Largest rank the strided kernels take (after merging dimensions).
+pub const MAX_RANK: usize = 6;
+
+/// Output shape and the two inputs' strides in elements (0 = broadcast), by
+/// value. Layout = `struct Broadcast` in kernels/elementwise.cu (152 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Broadcast {
+    pub shape: [i64; MAX_RANK],
+    pub a: [i64; MAX_RANK],
+    pub b: [i64; MAX_RANK],
+    pub rank: i32,
+    pub pad: i32,
+}
+const _: () = assert!(std::mem::size_of::<Broadcast>() == 152);
+
+// SAFETY: plain integers, repr(C), the same layout as the CUDA struct.
+unsafe impl cudarc::driver::DeviceRepr for Broadcast {}
+
+/// One kernel argument. The payload is stored at its natural alignment, and
+/// [`KernelArg::as_ptr`] points at it: `&[KernelArg]` → pointers is exactly
+/// cuLaunchKernel's `void** kernelParams` (and the harness's `hr_launch`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum KernelArg {
+    /// A device address (on the harness: a host address).
+    Ptr(u64),
+    I32(i32),
+    U32(u32),
+    I64(i64),
+    U64(u64),
+    F32(f32),
+    F64(f64),
+    Broadcast(Broadcast),
+}
+
+impl KernelArg {
+    /// Address of the value, for the launch's argument array.
+    pub fn as_ptr(&self) -> *mut c_void {
+        match self {
+            KernelArg::Ptr(v) | KernelArg::U64(v) => v as *const u64 as *mut c_void,
+            KernelArg::I32(v) => v as *const i32 as *mut c_void,
+            KernelArg::U32(v) => v as *const u32 as *mut c_void,
+            KernelArg::I64(v) => v as *const i64 as *mut c_void,
+            KernelArg::F32(v) => v as *const f32 as *mut c_void,
+            KernelArg::F64(v) => v as *const f64 as *mut c_void,
+            KernelArg::Broadcast(v) => v as *const Broadcast as *mut c_void,
+        }
+    }
+    /// Bytes of the value: what the kernel's parameter must take.
+    pub fn size(&self) -> usize {
+        match self {
+            KernelArg::I32(_) | KernelArg::U32(_) | KernelArg::F32(_) => 4,
+            KernelArg::Ptr(_) | KernelArg::U64(_) | KernelArg::I64(_) | KernelArg::F64(_) => 8,
+            KernelArg::Broadcast(_) => std::mem::size_of::<Broadcast>(),
+        }
+    }
+}
+
+// The same list launches on a GPU: `builder.arg(&karg)` for each argument.
+// SAFETY: every arm forwards to cudarc's own impl for a DeviceRepr value that
+// lives as long as the borrowed KernelArg.
+unsafe impl<'a, 'b: 'a> cudarc::driver::PushKernelArg<&'b KernelArg> for cudarc::driver::LaunchArgs<'a> {
+    #[inline(always)]
+    fn arg(&mut self, arg: &'b KernelArg) -> &mut Self {
+        match arg {
+            KernelArg::Ptr(v) | KernelArg::U64(v) => self.arg(v),
+            KernelArg::I32(v) => self.arg(v),
+            KernelArg::U32(v) => self.arg(v),
+            KernelArg::I64(v) => self.arg(v),
+            KernelArg::F32(v) => self.arg(v),
+            KernelArg::F64(v) => self.arg(v),
+            KernelArg::Broadcast(v) => self.arg(v),
+        }
+    }
+}
+
+/// How a kernel's grid is sized.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Grid {
+    /// A grid-stride loop over `n` elements, `per_thread` per iteration:
+    /// `min(ceil(n / (block · per_thread)), MAX_BLOCKS)` blocks.
+    Elements { per_thread: u32 },
+    /// One block per row.
+    Rows,
+}
+
+/// The dynamic shared memory a kernel's launch gives it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Smem {
+    None,
+    /// The row as f32 (4 bytes per column) while `cols ≤ max_cols`; longer
+    /// rows get none and the kernel streams from global memory.
+    RowF32 {
+        max_cols: u32,
+    },
+}
+
+impl Smem {
+    /// Bytes for a row of `cols` (0 when the kernel streams instead).
+    pub fn bytes(self, cols: usize) -> u32 {
+        match self {
+            Smem::None => 0,
+            Smem::RowF32 { max_cols } if cols <= max_cols as usize => 4 * cols as u32,
+            Smem::RowF32 { .. } => 0,
+        }
+    }
+    /// The most any launch asks for.
+    pub fn max_bytes(self) -> u32 {
+        match self {
+            Smem::None => 0,
+            Smem::RowF32 { max_cols } => 4 * max_cols,
+        }
+    }
+}
+
+/// Shared memory a block may have without opting in (cuFuncSetAttribute):
+/// 48 KiB on every architecture.
+pub const SMEM_DEFAULT_LIMIT: u32 = 48 * 1024;
+
+/// Cap on grid-stride grids: a few waves on the largest GPUs (132 SMs × 8
+/// blocks of 256), and few blocks for the CPU harness.
+pub const MAX_BLOCKS: u32 = 4096;
+
+/// A kernel's launch assumptions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LaunchSpec {
+    /// The `extern "C"` name.
+    pub kernel: &'static str,
+    /// Its file under kernels/.
+    pub file: &'static str,
+    /// Threads per block (1-d blocks; multiples of 32 for the reductions).
+    pub block: u32,
+    pub grid: Grid,
+    pub smem: Smem,
+    /// Static + dynamic shared memory must stay under this.
+    pub smem_limit: u32,
+}
+
+const fn spec(kernel: &'static str, file: &'static str, block: u32, grid: Grid, smem: Smem) -> LaunchSpec {
+    LaunchSpec { kernel, file, block, grid, smem, smem_limit: SMEM_DEFAULT_LIMIT }
+}
+
+const EW: &str = "elementwise.cu";
+const RD: &str = "reduce.cu";
+const PAIRS: Grid = Grid::Elements { per_thread: 2 };
+const ONE: Grid = Grid::Elements { per_thread: 1 };
+// Rows up to 8192 columns stay in shared memory (32 KiB).
+const ROW_CACHE: Smem = Smem::RowF32 { max_cols: 8192 };
+
+/// Every kernel and how it is launched.
+pub const LAUNCH: &[LaunchSpec] = &[
+    spec("binary_f32", EW, 256, ONE, Smem::None),
+    spec("binary_f16", EW, 256, ONE, Smem::None),
+    spec("binary_bf16", EW, 256, ONE, Smem::None),
+    spec("binary_dense_f32", EW, 256, PAIRS, Smem::None),
+    spec("binary_dense_f16", EW, 256, PAIRS, Smem::None),
+    spec("binary_dense_bf16", EW, 256, PAIRS, Smem::None),
+    spec("unary_f32", EW, 256, PAIRS, Smem::None),
+    spec("unary_f16", EW, 256, PAIRS, Smem::None),
+    spec("unary_bf16", EW, 256, PAIRS, Smem::None),
+    spec("unary_grad_f32", EW, 256, PAIRS, Smem::None),
+    spec("unary_grad_f16", EW, 256, PAIRS, Smem::None),
+    spec("unary_grad_bf16", EW, 256, PAIRS, Smem::None),
+    spec("cast_f32_f16", EW, 256, PAIRS, Smem::None),
+    spec("cast_f32_bf16", EW, 256, PAIRS, Smem::None),
+    spec("cast_f16_f32", EW, 256, PAIRS, Smem::None),
+    spec("cast_bf16_f32", EW, 256, PAIRS, Smem::None),
+    spec("cast_f16_bf16", EW, 256, PAIRS, Smem::None),
+    spec("cast_bf16_f16", EW, 256, PAIRS, Smem::None),
+    spec("scale_f32", EW, 256, PAIRS, Smem::None),
+    spec("scale_f16", EW, 256, PAIRS, Smem::None),
+    spec("scale_bf16", EW, 256, PAIRS, Smem::None),
+    spec("sum_last_f32", RD, 256, Grid::Rows, Smem::None),
+    spec("sum_last_f16", RD, 256, Grid::Rows, Smem::None),
+    spec("sum_last_bf16", RD, 256, Grid::Rows, Smem::None),
+    spec("softmax_f32", RD, 256, Grid::Rows, ROW_CACHE),
+    spec("softmax_f16", RD, 256, Grid::Rows, ROW_CACHE),
+    spec("softmax_bf16", RD, 256, Grid::Rows, ROW_CACHE),
+    spec("log_softmax_f32", RD, 256, Grid::Rows, ROW_CACHE),
+    spec("log_softmax_f16", RD, 256, Grid::Rows, ROW_CACHE),
+    spec("log_softmax_bf16", RD, 256, Grid::Rows, ROW_CACHE),
+    spec("softmax_grad_f32", RD, 256, Grid::Rows, Smem::None),
+    spec("softmax_grad_f16", RD, 256, Grid::Rows, Smem::None),
+    spec("softmax_grad_bf16", RD, 256, Grid::Rows, Smem::None),
+    spec("log_softmax_grad_f32", RD, 256, Grid::Rows, Smem::None),
+    spec("log_softmax_grad_f16", RD, 256, Grid::Rows, Smem::None),
+    spec("log_softmax_grad_bf16", RD, 256, Grid::Rows, Smem::None),
+];
+
+/// The table entry for `kernel`.
+pub fn spec_of(kernel: &str) -> Result<&'static LaunchSpec> {
+    LAUNCH
+        .iter()
+        .find(|s| s.kernel == kernel)
+        .ok_or_else(|| Error::cuda(kernel, "no such kernel in cuda::kernels::LAUNCH; add its launch assumptions there"))
+}
+
+/// A ready launch: kernel, shape and arguments.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Launch {
+    pub kernel: &'static str,
+    pub grid: [u32; 3],
+    pub block: [u32; 3],
+    pub smem: u32,
+    pub args: Vec<KernelArg>,
+}
+
+impl LaunchSpec {
+    /// A grid-stride launch over `n` elements.
+    fn elements(&'static self, n: usize, args: Vec<KernelArg>) -> Result<Launch> {
+        let Grid::Elements { per_thread } = self.grid else {
+            return Err(Error::cuda(self.kernel, "launched over elements but its grid is one block per row"));
+        };
+        let per_block = self.block as usize * per_thread as usize;
+        let blocks = n.div_ceil(per_block).clamp(1, MAX_BLOCKS as usize) as u32;
+        Ok(Launch { kernel: self.kernel, grid: [blocks, 1, 1], block: [self.block, 1, 1], smem: 0, args })
+    }
+    /// One block per row of `cols`.
+    fn rows(&'static self, rows: usize, cols: usize, args: Vec<KernelArg>) -> Result<Launch> {
+        if rows == 0 || rows > i32::MAX as usize {
+            return Err(Error::cuda(self.kernel, format!("{rows} rows: one block per row needs 1..=2^31-1 rows")));
+        }
+        let smem = self.smem.bytes(cols);
+        Ok(Launch { kernel: self.kernel, grid: [rows as u32, 1, 1], block: [self.block, 1, 1], smem, args })
+    }
+}
+
+/// Binary op codes: `enum BinaryOp` in kernels/elementwise.cu.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BinaryOp {
+    Add = 0,
+    Sub = 1,
+    Mul = 2,
+    Div = 3,
+}
+
+/// Unary op codes: `enum UnaryOp` in kernels/elementwise.cu.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnaryOp {
+    Neg = 0,
+    Exp = 1,
+    Log = 2,
+    Sqrt = 3,
+    Relu = 4,
+    Gelu = 5,
+    Silu = 6,
+    Tanh = 7,
+    Sigmoid = 8,
+}
+
+impl UnaryOp {
+    pub const ALL: [UnaryOp; 9] = [
+        UnaryOp::Neg,
+        UnaryOp::Exp,
+        UnaryOp::Log,
+        UnaryOp::Sqrt,
+        UnaryOp::Relu,
+        UnaryOp::Gelu,
+        UnaryOp::Silu,
+        UnaryOp::Tanh,
+        UnaryOp::Sigmoid,
+    ];
+    /// Whether the gradient kernel takes the forward output (else the input),
+    /// as src/ops/elementwise.rs saves it.
+    pub fn grad_takes_output(self) -> bool {
+        matches!(self, UnaryOp::Exp | UnaryOp::Sqrt | UnaryOp::Tanh | UnaryOp::Sigmoid)
+    }
+}
+
+/// "f32", "f16" or "bf16": the kernels' name suffix.
+pub fn suffix(op: &str, dtype: DType) -> Result<&'static str> {
+    match dtype {
+        DType::F32 => Ok("f32"),
+        DType::F16 => Ok("f16"),
+        DType::BF16 => Ok("bf16"),
+        d => Err(Error::dtype(
+            "cuda",
+            format!("{op}: the CUDA kernels take f32, f16 or bf16, not {d}; convert with to_dtype first"),
+        )),
+    }
+}
+
+fn named(base: &str, dtype: DType) -> Result<&'static LaunchSpec> {
+    spec_of(&format!("{base}_{}", suffix(base, dtype)?))
+}
+
+fn len_arg(n: usize) -> KernelArg {
+    KernelArg::I64(n as i64)
+}
+
+/// One strided operand: the address of its first element and its strides in
+/// elements, already broadcast to the output shape (0 where broadcast).
+#[derive(Clone, Copy, Debug)]
+pub struct Strided<'a> {
+    pub ptr: u64,
+    pub strides: &'a [usize],
+}
+
+impl Broadcast {
+    /// Drop size-1 dimensions and merge dimensions that are contiguous in
+    /// both operands, so most views fit in `MAX_RANK`.
+    pub fn new(op: &str, shape: &[usize], a: &[usize], b: &[usize]) -> Result<Broadcast> {
+        let mut dims: Vec<(i64, i64, i64)> = vec![];
+        for ((&n, &sa), &sb) in shape.iter().zip(a).zip(b) {
+            if n == 1 {
+                continue;
+            }
+            let (n, sa, sb) = (n as i64, sa as i64, sb as i64);
+            match dims.last_mut() {
+                // The outer dim steps exactly over the inner one in both.
+                Some(last) if last.1 == sa * n && last.2 == sb * n => *last = (last.0 * n, sa, sb),
+                _ => dims.push((n, sa, sb)),
+            }
+        }
+        if dims.len() > MAX_RANK {
+            return Err(Error::shape(
+                "cuda",
+                format!(
+                    "{op}: shape {shape:?} with strides {a:?} and {b:?} has {} dimensions after merging; the kernel takes {MAX_RANK}; make an operand contiguous first",
+                    dims.len()
+                ),
+            ));
+        }
+        let mut bc =
+            Broadcast { shape: [1; MAX_RANK], a: [0; MAX_RANK], b: [0; MAX_RANK], rank: dims.len() as i32, pad: 0 };
+        for (d, (n, sa, sb)) in dims.into_iter().enumerate() {
+            (bc.shape[d], bc.a[d], bc.b[d]) = (n, sa, sb);
+        }
+        Ok(bc)
+    }
+}
+
+fn dense(shape: &[usize], strides: &[usize]) -> bool {
+    let mut want = 1;
+    for (&n, &s) in shape.iter().zip(strides).rev() {
+        if n != 1 && s != want {
+            return false;
+        }
+        want *= n;
+    }
+    true
+}
+
+/// `out = a op b` over `shape` (out dense): the dense kernel when both
+/// inputs are dense in that shape, else the strided one.
+pub fn binary(op: BinaryOp, dtype: DType, shape: &[usize], a: Strided, b: Strided, out: u64) -> Result<Launch> {
+    let n: usize = shape.iter().product();
+    let code = KernelArg::I32(op as i32);
+    if dense(shape, a.strides) && dense(shape, b.strides) {
+        let args = vec![KernelArg::Ptr(a.ptr), KernelArg::Ptr(b.ptr), KernelArg::Ptr(out), len_arg(n), code];
+        return named("binary_dense", dtype)?.elements(n, args);
+    }
+    let bc = Broadcast::new("binary", shape, a.strides, b.strides)?;
+    let args = vec![
+        KernelArg::Ptr(a.ptr),
+        KernelArg::Ptr(b.ptr),
+        KernelArg::Ptr(out),
+        KernelArg::Broadcast(bc),
+        len_arg(n),
+        code,
+    ];
+    named("binary", dtype)?.elements(n, args)
+}
+
+/// `y = op(x)`, both dense with `n` elements.
+pub fn unary(op: UnaryOp, dtype: DType, x: u64, y: u64, n: usize) -> Result<Launch> {
+    let args = vec![KernelArg::Ptr(x), KernelArg::Ptr(y), len_arg(n), KernelArg::I32(op as i32)];
+    named("unary", dtype)?.elements(n, args)
+}
+
+/// `dx = op'(v) · g`; `v` is the forward output when
+/// `op.grad_takes_output()`, else the forward input.
+pub fn unary_grad(op: UnaryOp, dtype: DType, v: u64, g: u64, dx: u64, n: usize) -> Result<Launch> {
+    let args = vec![KernelArg::Ptr(v), KernelArg::Ptr(g), KernelArg::Ptr(dx), len_arg(n), KernelArg::I32(op as i32)];
+    named("unary_grad", dtype)?.elements(n, args)
+}
+
+/// `y = x` converted from `from` to `to` (different float dtypes).
+pub fn cast(from: DType, to: DType, x: u64, y: u64, n: usize) -> Result<Launch> {
+    let name = format!("cast_{}_{}", suffix("cast", from)?, suffix("cast", to)?);
+    spec_of(&name)?.elements(n, vec![KernelArg::Ptr(x), KernelArg::Ptr(y), len_arg(n)])
+}
+
+/// `x *= s` in place.
+pub fn scale(dtype: DType, x: u64, n: usize, s: f32) -> Result<Launch> {
+    named("scale", dtype)?.elements(n, vec![KernelArg::Ptr(x), len_arg(n), KernelArg::F32(s)])
+}
+
+/// `out[r] = scale · Σ_c x[r, c]` for dense `[rows, cols]`.
+pub fn sum_last(dtype: DType, x: u64, out: u64, rows: usize, cols: usize, scale: f32) -> Result<Launch> {
+    let args = vec![KernelArg::Ptr(x), KernelArg::Ptr(out), len_arg(cols), KernelArg::F32(scale)];
+    named("sum_last", dtype)?.rows(rows, cols, args)
+}
+
+/// Softmax (or log-softmax) of each row of dense `[rows, cols]`.
+pub fn softmax(log: bool, dtype: DType, x: u64, y: u64, rows: usize, cols: usize) -> Result<Launch> {
+    let s = named(if log { "log_softmax" } else { "softmax" }, dtype)?;
+    let cache = s.smem.bytes(cols) > 0;
+    let args = vec![KernelArg::Ptr(x), KernelArg::Ptr(y), len_arg(cols), KernelArg::I32(cache as i32)];
+    s.rows(rows, cols, args)
+}
+
+/// Gradient of softmax (or log-softmax) rows from the forward output `y`.
+pub fn softmax_grad(log: bool, dtype: DType, y: u64, dy: u64, dx: u64, rows: usize, cols: usize) -> Result<Launch> {
+    let s = named(if log { "log_softmax_grad" } else { "softmax_grad" }, dtype)?;
+    s.rows(rows, cols, vec![KernelArg::Ptr(y), KernelArg::Ptr(dy), KernelArg::Ptr(dx), len_arg(cols)])
+}
