@@ -330,7 +330,7 @@ fn a_missing_syncthreads_makes_the_results_wrong() {
     close("intact sum", &out.to_vec_f32().unwrap(), &want, (1e-4, 1e-5));
 }
 
-const DEADLOCK: &str = r#"#include "common.cuh"
+const HARNESS_TESTS: &str = r#"#include "common.cuh"
 // Lanes 0-15 wait at a barrier while lanes 16-31 wait for them in a shuffle.
 extern "C" __global__ void hr_test_deadlock(float* x) {
     float v = x[threadIdx.x];
@@ -342,20 +342,74 @@ extern "C" __global__ void hr_test_deadlock(float* x) {
 extern "C" __global__ void hr_test_exited_lane(float* x) {
     if (threadIdx.x == 0) x[0] = __shfl_sync(0x3u, x[0], 1);
 }
+// Every warp primitive once; eight results per thread.
+extern "C" __global__ void hr_test_warp(int* out, float* count, int* top) {
+    int t = threadIdx.x + blockIdx.x * blockDim.x, lane = threadIdx.x & 31;
+    int* o = out + t * 8;
+    o[0] = __shfl_sync(0xffffffffu, t, 5);
+    o[1] = __shfl_up_sync(0xffffffffu, t, 2);
+    o[2] = __shfl_down_sync(0xffffffffu, t, 3, 8);
+    o[3] = __shfl_xor_sync(0xffffffffu, t, 1);
+    o[4] = (int)__ballot_sync(0xffffffffu, lane % 3 == 0);
+    o[5] = __any_sync(0xffffffffu, threadIdx.x == 40);
+    o[6] = __all_sync(0xffffffffu, lane < 31);
+    __syncwarp();
+    o[7] = lane < 16 ? __shfl_sync(0x0000ffffu, t, 0, 16) : -1;
+    atomicAdd(count, 1.0f);
+    atomicMax(top, t);
+}
 "#;
+
+#[test]
+fn warp_primitives_and_atomics_follow_cuda_semantics() {
+    let mut src: Vec<(&str, &str)> = headroom::kernels::SOURCES.to_vec();
+    src.push(("harness_tests.cu", HARNESS_TESTS));
+    let emu = Emulator::from_sources(&src).unwrap();
+    let (blocks, threads) = (2usize, 64usize);
+    let mut want = vec![];
+    for t in 0..blocks * threads {
+        let (lane, warp_base) = ((t % 32) as i32, (t - t % 32) as i32);
+        let t = t as i32;
+        let ballot = (0..32).filter(|l| l % 3 == 0).fold(0u32, |b, l| b | 1 << l) as i32;
+        want.extend([
+            warp_base + 5,
+            if lane < 2 { t } else { t - 2 },
+            if lane % 8 + 3 >= 8 { t } else { t + 3 },
+            t ^ 1,
+            ballot,
+            ((t as usize % threads) / 32 == 1) as i32,
+            0,
+            if lane < 16 { warp_base } else { -1 },
+        ]);
+    }
+    for order in [Order::Forward, Order::Reverse] {
+        let mut out = vec![0i32; blocks * threads * 8];
+        let (mut count, mut top) = (0.0f32, -1i32);
+        let args = [
+            k::KernelArg::Ptr(out.as_mut_ptr() as u64),
+            k::KernelArg::Ptr(&mut count as *mut f32 as u64),
+            k::KernelArg::Ptr(&mut top as *mut i32 as u64),
+        ];
+        emu.with_order(order).launch("hr_test_warp", [blocks as u32, 1, 1], [threads as u32, 1, 1], 0, &args).unwrap();
+        for t in 0..blocks * threads {
+            assert_eq!(out[t * 8..t * 8 + 8], want[t * 8..t * 8 + 8], "thread {t} ({order:?})");
+        }
+        assert_eq!((count, top), ((blocks * threads) as f32, (blocks * threads - 1) as i32), "{order:?}");
+    }
+}
 
 #[test]
 fn deadlocks_and_bad_launches_are_reported_not_hung() {
     let mut src: Vec<(&str, &str)> = headroom::kernels::SOURCES.to_vec();
-    src.push(("test_deadlock.cu", DEADLOCK));
+    src.push(("harness_tests.cu", HARNESS_TESTS));
     let emu = Emulator::from_sources(&src).unwrap();
     let mut x = vec![1.0f32; 64];
     let p = k::KernelArg::Ptr(x.as_mut_ptr() as u64);
     let e = emu.launch("hr_test_deadlock", [2, 1, 1], [64, 1, 1], 0, &[p]).unwrap_err().to_string();
     println!("{e}");
     assert!(e.contains("hr_test_deadlock") && e.contains("block (0,0,0)") && e.contains("deadlock"), "{e}");
-    assert!(e.contains("threads 0-15 wait at __syncthreads (test_deadlock.cu:5)"), "{e}");
-    assert!(e.contains("threads 16-31 wait at __shfl_xor_sync mask 0xffffffff (test_deadlock.cu:6)"), "{e}");
+    assert!(e.contains("threads 0-15 wait at __syncthreads (harness_tests.cu:5)"), "{e}");
+    assert!(e.contains("threads 16-31 wait at __shfl_xor_sync mask 0xffffffff (harness_tests.cu:6)"), "{e}");
     let e = emu.launch("hr_test_exited_lane", [1, 1, 1], [32, 1, 1], 0, &[p]).unwrap_err().to_string();
     assert!(e.contains("lane 1") && e.contains("exited"), "{e}");
     // Wrong arguments, unknown kernels and impossible shapes are errors too.
