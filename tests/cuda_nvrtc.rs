@@ -108,10 +108,9 @@ fn check(arch: &Arch, res: &[KernelResources]) -> Vec<String> {
 #[test]
 fn ptxas_resources_fit_what_the_launches_assume() {
     cuda_common::ensure_wheels();
-    println!(
-        "{:<22} {:>5} {:>6} | {:>4} {:>9} {:>7} {:>10} | {:>4} {:>9} {:>7} {:>10}",
-        "kernel", "block", "dyn", "regs", "smem", "spill", "occupancy", "regs", "smem", "spill", "occupancy"
-    );
+    println!("per arch: registers, static smem, spill stores/loads, resident blocks per SM, theoretical occupancy");
+    println!("and the limit that binds, with the most dynamic smem the launch gives ('dyn B')");
+    println!("{:<22} {:>5} {:>6} | {:<46} | {:<46}", "kernel", "block", "dyn B", "sm_80", "sm_90");
     let all: Vec<Vec<KernelResources>> = [SM80, SM90].iter().map(|a| nvrtc::resources(a).unwrap()).collect();
     let mut problems = vec![];
     for (arch, res) in [SM80, SM90].iter().zip(&all) {
@@ -124,13 +123,8 @@ fn ptxas_resources_fit_what_the_launches_assume() {
             let (blocks, bound) = arch.blocks_per_sm(r.registers, s.block, r.smem + s.smem.max_bytes());
             let occ = 100 * blocks * s.block / arch.max_threads_per_sm;
             line += &format!(
-                " | {:>4} {:>9} {:>3}/{:<3} {:>3}% {:<6}",
-                r.registers,
-                r.smem,
-                r.spill_stores,
-                r.spill_loads,
-                occ,
-                &bound[..bound.len().min(6)]
+                " | {:>2} reg {:>3} B {}/{} spill {:>2} blk {:>3}% {:<13}",
+                r.registers, r.smem, r.spill_stores, r.spill_loads, blocks, occ, bound
             );
         }
         println!("{line}");

@@ -212,8 +212,7 @@ fn gxx_version() -> Result<String> {
 pub fn kernel_names(sources: &[(&str, &str)]) -> Vec<String> {
     const MARK: &str = "extern \"C\" __global__ void ";
     let mut names = vec![];
-    for (file, text) in sources.iter().filter(|(f, _)| is_kernel_file(f)) {
-        let _ = file;
+    for (_, text) in sources.iter().filter(|(f, _)| is_kernel_file(f)) {
         let mut rest = *text;
         while let Some(i) = rest.find(MARK) {
             rest = rest[i + MARK.len()..].trim_start();

@@ -93,6 +93,9 @@ pub struct Nvrtc {
     pub library: Option<PathBuf>,
     pub include: PathBuf,
     pub version: (i32, i32),
+    /// Hash of cuda_fp16.h and cuda_bf16.h: part of the PTX cache key, as
+    /// the headers can change apart from the NVRTC version.
+    pub headers_hash: u64,
 }
 
 /// The pip `--target` folder the tests install the wheels into.
@@ -154,7 +157,9 @@ impl Nvrtc {
         unsafe { sys::nvrtcVersion(&mut major, &mut minor) }
             .result()
             .map_err(|e| format!("nvrtcVersion failed: {e:?}"))?;
-        Ok(Nvrtc { library, include, version: (major, minor) })
+        let read = |n: &str| std::fs::read(include.join(n)).unwrap_or_default();
+        let headers_hash = super::fnv1a(&[&read("cuda_fp16.h"), &read("cuda_bf16.h")]);
+        Ok(Nvrtc { library, include, version: (major, minor), headers_hash })
     }
 
     /// Compile kernel file `file` of `sources` (as `kernels::SOURCES`; the
@@ -260,11 +265,11 @@ impl Ptx {
 
 /// Compile kernel file `file` of `sources` to PTX for `arch`, through the
 /// disk cache (`cache_root()/ptx/`), keyed by all sources, the arch, the
-/// options and the NVRTC version.
+/// options, the NVRTC version and the CUDA headers.
 pub fn compile(arch: &Arch, file: &str, sources: &[(&str, &str)]) -> Result<Ptx> {
     let nv = Nvrtc::get()?;
     let options = nv.options(&arch.compute(), &[]);
-    let version = format!("{:?}", nv.version);
+    let version = format!("{:?} {:016x}", nv.version, nv.headers_hash);
     let mut parts: Vec<&[u8]> = vec![file.as_bytes(), arch.name.as_bytes(), version.as_bytes()];
     parts.extend(options.iter().filter(|o| !o.starts_with("-I")).map(|o| o.as_bytes()));
     for (n, t) in sources {
