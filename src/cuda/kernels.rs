@@ -93,6 +93,9 @@ pub enum Grid {
     Elements { per_thread: u32 },
     /// One block per row.
     Rows,
+    /// Rows cut into at most `max_blocks` runs of consecutive rows, one
+    /// block each (per-block partial sums that a second kernel adds).
+    RowRuns { max_blocks: u32 },
 }
 
 /// The dynamic shared memory a kernel's launch gives it.
@@ -157,6 +160,10 @@ const PAIRS: Grid = Grid::Elements { per_thread: 2 };
 const ONE: Grid = Grid::Elements { per_thread: 1 };
 // Rows up to 8192 columns stay in shared memory (32 KiB).
 const ROW_CACHE: Smem = Smem::RowF32 { max_cols: 8192 };
+const NORM: &str = "norm.cu";
+// Layer norm backward: up to 256 blocks of partial sums, about two per SM on
+// a 132-SM H100; the workspace is 2·256·cols f32s at most.
+const LN_RUNS: Grid = Grid::RowRuns { max_blocks: 256 };
 
 /// Every kernel and how it is launched.
 pub const LAUNCH: &[LaunchSpec] = &[
@@ -196,6 +203,16 @@ pub const LAUNCH: &[LaunchSpec] = &[
     spec("log_softmax_grad_f32", RD, 256, Grid::Rows, Smem::None),
     spec("log_softmax_grad_f16", RD, 256, Grid::Rows, Smem::None),
     spec("log_softmax_grad_bf16", RD, 256, Grid::Rows, Smem::None),
+    // Training ops (builders in src/cuda/kernels/training.rs).
+    spec("layer_norm_f32", NORM, 256, Grid::Rows, ROW_CACHE),
+    spec("layer_norm_f16", NORM, 256, Grid::Rows, ROW_CACHE),
+    spec("layer_norm_bf16", NORM, 256, Grid::Rows, ROW_CACHE),
+    spec("layer_norm_backward_f32", NORM, 256, LN_RUNS, Smem::None),
+    spec("layer_norm_backward_f16", NORM, 256, LN_RUNS, Smem::None),
+    spec("layer_norm_backward_bf16", NORM, 256, LN_RUNS, Smem::None),
+    spec("layer_norm_backward_sums_f32", NORM, 256, ONE, Smem::None),
+    spec("layer_norm_backward_sums_f16", NORM, 256, ONE, Smem::None),
+    spec("layer_norm_backward_sums_bf16", NORM, 256, ONE, Smem::None),
 ];
 
 /// The table entry for `kernel`.
@@ -233,6 +250,14 @@ impl LaunchSpec {
         }
         let smem = self.smem.bytes(cols);
         Ok(Launch { kernel: self.kernel, grid: [rows as u32, 1, 1], block: [self.block, 1, 1], smem, args })
+    }
+    /// `blocks` blocks, for the grid rules whose count the builder works out.
+    #[allow(clippy::result_large_err)] // the crate's Error, as for its siblings
+    fn blocks(&'static self, blocks: usize, args: Vec<KernelArg>) -> Result<Launch> {
+        if blocks == 0 || blocks > i32::MAX as usize {
+            return Err(Error::cuda(self.kernel, format!("{blocks} blocks: a launch needs 1..=2^31-1")));
+        }
+        Ok(Launch { kernel: self.kernel, grid: [blocks as u32, 1, 1], block: [self.block, 1, 1], smem: 0, args })
     }
 }
 
@@ -277,6 +302,9 @@ impl UnaryOp {
         matches!(self, UnaryOp::Exp | UnaryOp::Sqrt | UnaryOp::Tanh | UnaryOp::Sigmoid)
     }
 }
+
+mod training;
+pub use training::*;
 
 /// "f32", "f16" or "bf16": the kernels' name suffix.
 pub fn suffix(op: &str, dtype: DType) -> Result<&'static str> {

@@ -1,0 +1,144 @@
+//! Launch builders for the training ops' kernels: layer norm
+//! (kernels/norm.cu), cross-entropy (loss.cu), embedding (embedding.cu),
+//! dropout (dropout.cu), fused AdamW and the global gradient norm
+//! (optim.cu). Their launch assumptions are in [`super::LAUNCH`].
+//!
+//! Every workspace a backward or a reduction needs is declared by a
+//! `*_workspace` function here, from the shapes alone, so the planner can
+//! count the bytes before anything runs. Addresses are device pointers
+//! (host addresses on the emulator); `None` or 0 marks an absent operand.
+
+// Every Result here is the crate's `Error`, which clippy finds large
+// (result_large_err fires on each fallible fn of the crate); boxing it is a
+// crate-wide change, not this module's.
+#![allow(clippy::result_large_err)]
+
+use super::{named, spec_of, KernelArg, Launch};
+use crate::error::{Error, Result};
+use crate::tensor::DType;
+
+fn ptr(p: u64) -> KernelArg {
+    KernelArg::Ptr(p)
+}
+
+fn opt(p: Option<u64>) -> KernelArg {
+    KernelArg::Ptr(p.unwrap_or(0))
+}
+
+fn len(n: usize) -> KernelArg {
+    KernelArg::I64(n as i64)
+}
+
+// ---- layer norm ------------------------------------------------------------------
+
+/// Operands of a layer norm forward over rows of `cols`: `x` and `y` are
+/// `[rows, cols]` dense in the storage type, `weight` and `bias` `[cols]`,
+/// `mean` and `rstd` `[rows]` f32 (what the backward reads, as the CPU op
+/// saves them).
+#[derive(Clone, Copy, Debug)]
+pub struct LayerNormIo {
+    pub x: u64,
+    pub weight: Option<u64>,
+    pub bias: Option<u64>,
+    pub y: u64,
+    pub mean: u64,
+    pub rstd: u64,
+}
+
+/// `y = (x − mean)·rstd·weight + bias` per row; one block per row, the row
+/// kept in shared memory while `cols ≤ 8192`.
+pub fn layer_norm(dtype: DType, rows: usize, cols: usize, eps: f32, io: &LayerNormIo) -> Result<Launch> {
+    let s = named("layer_norm", dtype)?;
+    if cols == 0 || eps.is_nan() || eps < 0.0 {
+        return Err(Error::cuda(s.kernel, format!("[{rows}, {cols}] with eps {eps}: need cols > 0 and eps ≥ 0")));
+    }
+    let cache = s.smem.bytes(cols) > 0;
+    let args = vec![
+        ptr(io.x),
+        opt(io.weight),
+        opt(io.bias),
+        ptr(io.y),
+        ptr(io.mean),
+        ptr(io.rstd),
+        len(cols),
+        KernelArg::F32(eps),
+        KernelArg::I32(cache as i32),
+    ];
+    s.rows(rows, cols, args)
+}
+
+/// Rows per block and blocks of the layer norm backward for `rows` rows:
+/// at most the table's `max_blocks` blocks of consecutive rows. From the
+/// shape only, so dweight and dbias add their partials in one order.
+pub fn layer_norm_backward_blocks(rows: usize) -> (usize, usize) {
+    let max = match spec_of("layer_norm_backward_f32").map(|s| s.grid) {
+        Ok(super::Grid::RowRuns { max_blocks }) => max_blocks as usize,
+        _ => 1,
+    };
+    let per = rows.div_ceil(max).max(1);
+    (per, rows.div_ceil(per))
+}
+
+/// Workspace bytes of a layer norm backward: `blocks × 2 × cols` f32
+/// partial sums when dweight or dbias is wanted (`sums`), else none.
+pub fn layer_norm_backward_workspace(rows: usize, cols: usize, sums: bool) -> usize {
+    if sums {
+        layer_norm_backward_blocks(rows).1 * 2 * cols * 4
+    } else {
+        0
+    }
+}
+
+/// Operands of a layer norm backward: the forward's `x`, `weight`, `mean`,
+/// `rstd`, the output gradient `dy`, and the gradients wanted (each may be
+/// `None`). `workspace` has [`layer_norm_backward_workspace`] bytes.
+#[derive(Clone, Copy, Debug)]
+pub struct LayerNormBackward {
+    pub x: u64,
+    pub dy: u64,
+    pub weight: Option<u64>,
+    pub mean: u64,
+    pub rstd: u64,
+    pub dx: Option<u64>,
+    pub dweight: Option<u64>,
+    pub dbias: Option<u64>,
+    pub workspace: u64,
+}
+
+/// dx, dweight and dbias: the row kernel (dx, and per-block partial sums in
+/// the workspace), then, if dweight or dbias is wanted, the kernel that
+/// adds the partials in block order. Run the launches in order.
+pub fn layer_norm_backward(dtype: DType, rows: usize, cols: usize, io: &LayerNormBackward) -> Result<Vec<Launch>> {
+    let s = named("layer_norm_backward", dtype)?;
+    let sums = io.dweight.is_some() || io.dbias.is_some();
+    if cols == 0 || (sums && io.workspace == 0) {
+        return Err(Error::cuda(
+            s.kernel,
+            format!(
+                "[{rows}, {cols}]: need cols > 0, and for dweight or dbias a workspace of \
+                 layer_norm_backward_workspace(rows, cols, true) = {} bytes",
+                layer_norm_backward_workspace(rows, cols, true)
+            ),
+        ));
+    }
+    let (per, blocks) = layer_norm_backward_blocks(rows);
+    let part = if sums { io.workspace } else { 0 };
+    let args = vec![
+        ptr(io.x),
+        ptr(io.dy),
+        opt(io.weight),
+        ptr(io.mean),
+        ptr(io.rstd),
+        opt(io.dx),
+        ptr(part),
+        len(rows),
+        len(cols),
+        len(per),
+    ];
+    let mut out = vec![s.blocks(blocks, args)?];
+    if sums {
+        let args = vec![ptr(part), opt(io.dweight), opt(io.dbias), len(blocks), len(cols)];
+        out.push(named("layer_norm_backward_sums", dtype)?.elements(cols, args)?);
+    }
+    Ok(out)
+}

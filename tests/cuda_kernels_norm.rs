@@ -1,0 +1,232 @@
+//! The training ops' CUDA kernels (kernels/norm.cu, loss.cu, embedding.cu,
+//! dropout.cu, optim.cu) run on the CPU harness and compared with the CPU
+//! backend on the host arena: all three storage dtypes, sizes that are not
+//! multiples of the block, rows longer than a block and than the shared
+//! row cache, both thread orders; and the reductions give the same bits in
+//! both orders (they are deterministic by construction).
+//!
+//! Tolerances (|got − want| ≤ atol + rtol·|want|):
+//! - Exact (bit for bit): embedding forward and backward (a copy; f32 sums
+//!   in position order on both sides), dropout (the same counter-based
+//!   draws), AdamW (the same operations, unfused; f32 state).
+//! - Results stored as f16 / bf16: 2 ulp of the storage type (both sides
+//!   compute in f32 and round once; near a rounding boundary an f32
+//!   difference in the last bits flips one ulp).
+//! - f32 results: 1e-5 relative, plus 1e-7 per summed term where a row
+//!   (cols) or column (rows) sum comes first: a tree order on the GPU, a
+//!   sequential order on the CPU.
+
+use headroom::autograd::backward_with;
+use headroom::cuda::emulator::{Emulator, Order};
+use headroom::cuda::kernels::{self as k, Launch};
+use headroom::rng::Rng;
+use headroom::{Arena, DType, Tag, Tensor};
+use std::sync::OnceLock;
+use std::time::Instant;
+
+const DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
+
+fn emulator() -> &'static Emulator {
+    static E: OnceLock<Emulator> = OnceLock::new();
+    E.get_or_init(|| {
+        let t = Instant::now();
+        let e = Emulator::new().expect("build the kernel harness");
+        println!("harness library ready in {:.1} s", t.elapsed().as_secs_f64());
+        e
+    })
+}
+
+fn both() -> [Emulator; 2] {
+    [emulator().with_order(Order::Forward), emulator().with_order(Order::Reverse)]
+}
+
+fn run(emu: &Emulator, launches: &[Launch]) {
+    for l in launches {
+        emu.run(l).unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
+/// (atol, rtol) for a result stored as `dtype` computed from f32 values that
+/// agree to a few f32 ulp.
+fn tol(dtype: DType) -> (f32, f32) {
+    match dtype {
+        DType::F32 => (1e-6, 1e-5),
+        DType::F16 => (1e-4, 2e-3),
+        _ => (1e-3, 1.6e-2),
+    }
+}
+
+/// `tol` widened for a result that sums `terms` values first.
+fn tol_sum(dtype: DType, terms: usize) -> (f32, f32) {
+    let (atol, rtol) = tol(dtype);
+    (atol + 1e-7 * terms as f32, rtol)
+}
+
+/// Address of a tensor's first element: the harness's "device pointer".
+fn ptr(t: &Tensor) -> u64 {
+    t.storage().block().as_ptr() as u64 + (t.offset() * t.dtype().size()) as u64
+}
+
+fn vptr<T>(v: &mut [T]) -> u64 {
+    v.as_mut_ptr() as u64
+}
+
+fn close(what: &str, got: &[f32], want: &[f32], (atol, rtol): (f32, f32)) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    let bad: Vec<usize> = (0..got.len())
+        .filter(|&i| {
+            let (g, w) = (got[i], want[i]);
+            !((g - w).abs() <= atol + rtol * w.abs() || (g.is_nan() && w.is_nan()) || g == w)
+        })
+        .collect();
+    if let Some(&i) = bad.first() {
+        panic!("{what}: {} of {} differ; first at {i}: got {} want {}", bad.len(), got.len(), got[i], want[i]);
+    }
+}
+
+/// Bit-for-bit equality (NaN only equals NaN).
+fn same_bits(what: &str, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    if let Some(i) = (0..got.len()).find(|&i| got[i].to_bits() != want[i].to_bits()) {
+        let n = (0..got.len()).filter(|&i| got[i].to_bits() != want[i].to_bits()).count();
+        panic!("{what}: {n} of {} differ in bits; first at {i}: got {:e} want {:e}", got.len(), got[i], want[i]);
+    }
+}
+
+fn values(rng: &mut Rng, n: usize, lo: f32, hi: f32) -> Vec<f32> {
+    (0..n).map(|_| lo + (hi - lo) * rng.uniform()).collect()
+}
+
+fn tensor(arena: &Arena, shape: &[usize], v: &[f32], dtype: DType) -> Tensor {
+    Tensor::from_f32(arena, shape, v, dtype, Tag::Data).unwrap()
+}
+
+fn zeros(arena: &Arena, shape: &[usize], dtype: DType) -> Tensor {
+    Tensor::zeros(arena, shape, dtype, Tag::Data).unwrap()
+}
+
+fn vec_of(t: &Tensor) -> Vec<f32> {
+    t.to_vec_f32().unwrap()
+}
+
+fn timed(name: &str, f: impl FnOnce()) {
+    let _ = emulator();
+    let t = Instant::now();
+    f();
+    println!("{name}: {:.2} s", t.elapsed().as_secs_f64());
+}
+
+// ---- layer norm ------------------------------------------------------------------
+
+/// One element; short rows; one block; one more than a block; several
+/// blocks' worth; longer than the shared-memory row cache (8192).
+const LN_SHAPES: &[(usize, usize)] = &[(1, 1), (3, 5), (2, 256), (3, 257), (2, 1000), (1, 9000)];
+
+struct LnCase {
+    rows: usize,
+    cols: usize,
+    dtype: DType,
+    affine: bool,
+}
+
+fn layer_norm_case(arena: &Arena, rng: &mut Rng, c: &LnCase, orders: &[Emulator]) {
+    let (rows, cols, dtype) = (c.rows, c.cols, c.dtype);
+    let eps = 1e-5;
+    let xv = values(rng, rows * cols, -2.0, 3.0);
+    let x = tensor(arena, &[rows, cols], &xv, dtype).requires_grad();
+    let w = tensor(arena, &[cols], &values(rng, cols, 0.5, 1.5), dtype).requires_grad();
+    let b = tensor(arena, &[cols], &values(rng, cols, -0.5, 0.5), dtype).requires_grad();
+    let (wo, bo) = if c.affine { (Some(&w), Some(&b)) } else { (None, None) };
+    let y = x.layer_norm(wo, bo, eps).unwrap();
+    let dy = tensor(arena, &[rows, cols], &values(rng, rows * cols, -1.0, 1.0), dtype);
+    backward_with(&y, dy.clone()).unwrap();
+    // The saved statistics, from the CPU kernel on the same f32 values.
+    let xf = vec_of(&x);
+    let (mut mean_want, mut rstd_want, mut y32) = (vec![0f32; rows], vec![0f32; rows], vec![0f32; rows * cols]);
+    let none = headroom::cpu::norm::Affine::<f32> { weight: None, bias: None };
+    headroom::cpu::norm::layer_norm::<f32>(&xf, cols, none, eps, &mut y32, &mut mean_want, &mut rstd_want);
+
+    let what = format!("layer_norm {dtype} [{rows}, {cols}] affine={}", c.affine);
+    let mut sums_by_order: Vec<(Vec<f32>, Vec<f32>)> = vec![];
+    for emu in orders {
+        let what = format!("{what} ({:?})", emu.order());
+        let out = zeros(arena, &[rows, cols], dtype);
+        let (mut mean, mut rstd) = (vec![0f32; rows], vec![0f32; rows]);
+        let io = k::LayerNormIo {
+            x: ptr(&x),
+            weight: wo.map(ptr),
+            bias: bo.map(ptr),
+            y: ptr(&out),
+            mean: vptr(&mut mean),
+            rstd: vptr(&mut rstd),
+        };
+        let l = k::layer_norm(dtype, rows, cols, eps, &io).unwrap();
+        assert_eq!(l.smem, if cols <= 8192 { 4 * cols as u32 } else { 0 }, "{what}: row cache");
+        run(emu, &[l]);
+        close(&format!("{what}: y"), &vec_of(&out), &vec_of(&y), tol_sum(dtype, cols));
+        close(&format!("{what}: mean"), &mean, &mean_want, tol_sum(DType::F32, cols));
+        close(&format!("{what}: rstd"), &rstd, &rstd_want, tol_sum(DType::F32, cols));
+
+        let dx = zeros(arena, &[rows, cols], dtype);
+        let (dw, db) = (zeros(arena, &[cols], dtype), zeros(arena, &[cols], dtype));
+        let mut ws = vec![0f32; k::layer_norm_backward_workspace(rows, cols, c.affine) / 4];
+        let io = k::LayerNormBackward {
+            x: ptr(&x),
+            dy: ptr(&dy),
+            weight: wo.map(ptr),
+            mean: vptr(&mut mean),
+            rstd: vptr(&mut rstd),
+            dx: Some(ptr(&dx)),
+            dweight: c.affine.then(|| ptr(&dw)),
+            dbias: c.affine.then(|| ptr(&db)),
+            workspace: if c.affine { vptr(&mut ws) } else { 0 },
+        };
+        let ls = k::layer_norm_backward(dtype, rows, cols, &io).unwrap();
+        assert_eq!(ls.len(), if c.affine { 2 } else { 1 }, "{what}: launches");
+        assert_eq!(ls[0].grid[0] as usize, k::layer_norm_backward_blocks(rows).1, "{what}: blocks");
+        run(emu, &ls);
+        // dx = rstd·(g − mean(g) − x̂·mean(g·x̂)) cancels: its absolute error scales with rstd.
+        let (atol, rtol) = tol_sum(dtype, cols);
+        let amp = rstd_want.iter().fold(1f32, |a, &r| a.max(r));
+        close(&format!("{what}: dx"), &vec_of(&dx), &vec_of(&x.grad().unwrap()), (atol * amp, rtol));
+        if c.affine {
+            let t = tol_sum(dtype, 4 * rows);
+            close(&format!("{what}: dweight"), &vec_of(&dw), &vec_of(&w.grad().unwrap()), t);
+            close(&format!("{what}: dbias"), &vec_of(&db), &vec_of(&b.grad().unwrap()), t);
+            sums_by_order.push((vec_of(&dw), vec_of(&db)));
+        }
+    }
+    if let [(w0, b0), (w1, b1)] = &sums_by_order[..] {
+        same_bits(&format!("{what}: dweight, forward vs reverse order"), w0, w1);
+        same_bits(&format!("{what}: dbias, forward vs reverse order"), b0, b1);
+    }
+}
+
+#[test]
+fn layer_norm_forward_and_backward_match_the_cpu() {
+    timed("layer_norm", || {
+        let arena = Arena::host();
+        let mut rng = Rng::new(11);
+        for &(rows, cols) in LN_SHAPES {
+            for dtype in DTYPES {
+                for affine in [true, false] {
+                    layer_norm_case(&arena, &mut rng, &LnCase { rows, cols, dtype, affine }, &both());
+                }
+            }
+        }
+    });
+}
+
+#[test]
+fn layer_norm_backward_with_more_rows_than_blocks() {
+    // 259 rows: 2 rows per block, 130 blocks, the last with one row.
+    timed("layer_norm 259 rows", || {
+        assert_eq!(k::layer_norm_backward_blocks(259), (2, 130));
+        assert_eq!(k::layer_norm_backward_workspace(259, 3, true), 130 * 2 * 3 * 4);
+        assert_eq!(k::layer_norm_backward_workspace(259, 3, false), 0);
+        let arena = Arena::host();
+        let mut rng = Rng::new(12);
+        let c = LnCase { rows: 259, cols: 3, dtype: DType::F32, affine: true };
+        layer_norm_case(&arena, &mut rng, &c, &both()[..1]);
+    });
+}
