@@ -117,3 +117,19 @@ __device__ __forceinline__ float block_reduce(float v, float* scratch) {
 }
 __device__ __forceinline__ float block_sum(float v, float* scratch) { return block_reduce<false>(v, scratch); }
 __device__ __forceinline__ float block_max(float v, float* scratch) { return block_reduce<true>(v, scratch); }
+
+// Sum over the block of any shuffle-able type (double, int): every thread
+// gets the result. `scratch` is 32 values of shared memory, free again when
+// this returns. The tree is fixed, so the result is too.
+template <class V>
+__device__ __forceinline__ V block_total(V v, V* scratch) {
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();  // warp totals written
+    v = lane < warps ? scratch[lane] : V(0);
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    __syncthreads();  // warp totals read
+    return v;
+}
+

@@ -230,3 +230,122 @@ fn layer_norm_backward_with_more_rows_than_blocks() {
         layer_norm_case(&arena, &mut rng, &c, &both()[..1]);
     });
 }
+
+// ---- cross-entropy ---------------------------------------------------------------
+
+struct CeCase {
+    rows: usize,
+    cols: usize,
+    ignore: Option<i32>,
+    smoothing: f32,
+    /// Rows whose target is set to the ignore index.
+    ignored: Vec<usize>,
+}
+
+fn cross_entropy_case(arena: &Arena, rng: &mut Rng, c: &CeCase, dtype: DType) {
+    let (rows, cols) = (c.rows, c.cols);
+    let x = tensor(arena, &[rows, cols], &values(rng, rows * cols, -4.0, 4.0), dtype).requires_grad();
+    let mut targets: Vec<i32> = (0..rows).map(|_| rng.below(cols) as i32).collect();
+    for &r in &c.ignored {
+        targets[r] = c.ignore.unwrap();
+    }
+    let tg = Tensor::from_slice(arena, &[rows], &targets, Tag::Data).unwrap();
+    let loss = x.cross_entropy(&tg, c.ignore, c.smoothing).unwrap();
+    let g = tensor(arena, &[], &[1.7], dtype);
+    backward_with(&loss, g.clone()).unwrap();
+    let mut lse_want = vec![0f32; rows];
+    let labels = headroom::cpu::loss::Labels { targets: &targets, ignore: c.ignore, smoothing: c.smoothing };
+    headroom::cpu::loss::cross_entropy::<f32>(&vec_of(&x), cols, &labels, &mut lse_want);
+    let count_want = targets.iter().filter(|&&t| Some(t) != c.ignore).count() as i32;
+
+    let labels = k::Labels { ignore_index: c.ignore, label_smoothing: c.smoothing };
+    let what = format!("cross_entropy {dtype} [{rows}, {cols}] ignore {:?} smoothing {}", c.ignore, c.smoothing);
+    let mut losses = vec![];
+    for emu in both() {
+        let what = format!("{what} ({:?})", emu.order());
+        let (mut lse, mut ws, mut count, mut bad) = (vec![0f32; rows], vec![0f32; rows], [-1i32], [i32::MAX]);
+        let out = zeros(arena, &[], dtype);
+        let io = k::CrossEntropyIo {
+            logits: ptr(&x),
+            targets: ptr(&tg),
+            lse: vptr(&mut lse),
+            loss: ptr(&out),
+            count: vptr(&mut count),
+            workspace: vptr(&mut ws),
+            bad: Some(vptr(&mut bad)),
+        };
+        assert_eq!(k::cross_entropy_workspace(rows), 4 * ws.len());
+        run(&emu, &k::cross_entropy(dtype, rows, cols, labels, &io).unwrap());
+        assert_eq!((count[0], bad[0]), (count_want, i32::MAX), "{what}: count, bad row");
+        close(&format!("{what}: lse"), &lse, &lse_want, tol_sum(DType::F32, cols));
+        close(&format!("{what}: loss"), &vec_of(&out), &vec_of(&loss), tol_sum(dtype, cols));
+        losses.push(vec_of(&out));
+
+        let dx = zeros(arena, &[rows, cols], dtype);
+        let io = k::CrossEntropyBackward {
+            logits: ptr(&x),
+            targets: ptr(&tg),
+            lse: vptr(&mut lse),
+            count: vptr(&mut count),
+            dloss: ptr(&g),
+            dx: ptr(&dx),
+        };
+        run(&emu, &[k::cross_entropy_backward(dtype, rows, cols, labels, &io).unwrap()]);
+        close(&format!("{what}: dx"), &vec_of(&dx), &vec_of(&x.grad().unwrap()), tol_sum(dtype, cols));
+    }
+    same_bits(&format!("{what}: loss, forward vs reverse order"), &losses[0], &losses[1]);
+}
+
+#[test]
+fn cross_entropy_forward_and_backward_match_the_cpu() {
+    timed("cross_entropy", || {
+        let arena = Arena::host();
+        let mut rng = Rng::new(21);
+        let plain = |rows, cols| CeCase { rows, cols, ignore: None, smoothing: 0.0, ignored: vec![] };
+        let cases = [
+            plain(1, 1),
+            plain(5, 7),
+            // ignore_index -100 on two rows, label smoothing.
+            CeCase { rows: 4, cols: 257, ignore: Some(-100), smoothing: 0.1, ignored: vec![0, 2] },
+            // A class index as ignore_index.
+            CeCase { rows: 3, cols: 1000, ignore: Some(3), smoothing: 0.0, ignored: vec![1] },
+            // Longer than the row cache, smoothing.
+            CeCase { rows: 2, cols: 9000, ignore: None, smoothing: 0.2, ignored: vec![] },
+            // Every row ignored: loss 0, gradient 0.
+            CeCase { rows: 3, cols: 5, ignore: Some(-1), smoothing: 0.1, ignored: vec![0, 1, 2] },
+        ];
+        for c in &cases {
+            for dtype in DTYPES {
+                cross_entropy_case(&arena, &mut rng, c, dtype);
+            }
+        }
+    });
+}
+
+#[test]
+fn cross_entropy_reports_a_bad_target() {
+    let arena = Arena::host();
+    let (rows, cols) = (4, 6);
+    let x = tensor(&arena, &[rows, cols], &[0.5; 24], DType::F32);
+    let tg = Tensor::from_slice(&arena, &[rows], &[1i32, 6, -100, -2], Tag::Data).unwrap();
+    let (mut lse, mut ws, mut count, mut bad) = (vec![0f32; rows], vec![0f32; rows], [0i32], [i32::MAX]);
+    let out = zeros(&arena, &[], DType::F32);
+    let io = k::CrossEntropyIo {
+        logits: ptr(&x),
+        targets: ptr(&tg),
+        lse: vptr(&mut lse),
+        loss: ptr(&out),
+        count: vptr(&mut count),
+        workspace: vptr(&mut ws),
+        bad: Some(vptr(&mut bad)),
+    };
+    let labels = k::Labels { ignore_index: Some(-100), label_smoothing: 0.0 };
+    for emu in both() {
+        bad[0] = i32::MAX;
+        run(&emu, &k::cross_entropy(DType::F32, rows, cols, labels, &io).unwrap());
+        // Rows 1 (6 ≥ C) and 3 (−2) are bad, row 2 is ignored: the first bad row is 1.
+        assert_eq!((bad[0], count[0]), (1, 3), "{:?}", emu.order());
+        assert!(out.item().unwrap().is_nan(), "a bad target makes the loss NaN");
+        assert!(ws[0].is_finite() && ws[2] == 0.0, "row losses {ws:?}");
+    }
+}

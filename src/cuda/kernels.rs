@@ -93,6 +93,8 @@ pub enum Grid {
     Elements { per_thread: u32 },
     /// One block per row.
     Rows,
+    /// One block.
+    Single,
     /// Rows cut into at most `max_blocks` runs of consecutive rows, one
     /// block each (per-block partial sums that a second kernel adds).
     RowRuns { max_blocks: u32 },
@@ -161,6 +163,7 @@ const ONE: Grid = Grid::Elements { per_thread: 1 };
 // Rows up to 8192 columns stay in shared memory (32 KiB).
 const ROW_CACHE: Smem = Smem::RowF32 { max_cols: 8192 };
 const NORM: &str = "norm.cu";
+const LOSS: &str = "loss.cu";
 // Layer norm backward: up to 256 blocks of partial sums, about two per SM on
 // a 132-SM H100; the workspace is 2·256·cols f32s at most.
 const LN_RUNS: Grid = Grid::RowRuns { max_blocks: 256 };
@@ -213,6 +216,15 @@ pub const LAUNCH: &[LaunchSpec] = &[
     spec("layer_norm_backward_sums_f32", NORM, 256, ONE, Smem::None),
     spec("layer_norm_backward_sums_f16", NORM, 256, ONE, Smem::None),
     spec("layer_norm_backward_sums_bf16", NORM, 256, ONE, Smem::None),
+    spec("cross_entropy_f32", LOSS, 256, Grid::Rows, ROW_CACHE),
+    spec("cross_entropy_f16", LOSS, 256, Grid::Rows, ROW_CACHE),
+    spec("cross_entropy_bf16", LOSS, 256, Grid::Rows, ROW_CACHE),
+    spec("cross_entropy_mean_f32", LOSS, 256, Grid::Single, Smem::None),
+    spec("cross_entropy_mean_f16", LOSS, 256, Grid::Single, Smem::None),
+    spec("cross_entropy_mean_bf16", LOSS, 256, Grid::Single, Smem::None),
+    spec("cross_entropy_backward_f32", LOSS, 256, Grid::Rows, Smem::None),
+    spec("cross_entropy_backward_f16", LOSS, 256, Grid::Rows, Smem::None),
+    spec("cross_entropy_backward_bf16", LOSS, 256, Grid::Rows, Smem::None),
 ];
 
 /// The table entry for `kernel`.

@@ -142,3 +142,123 @@ pub fn layer_norm_backward(dtype: DType, rows: usize, cols: usize, io: &LayerNor
     }
     Ok(out)
 }
+
+// ---- cross-entropy ---------------------------------------------------------------
+
+/// Operands of a cross-entropy forward: `logits` `[rows, cols]` (storage
+/// type), `targets` `[rows]` i32; out: `lse` `[rows]` f32 (saved for the
+/// backward), `loss` one value (storage type), `count` one i32 (rows not
+/// ignored; read by the backward), `workspace` of
+/// [`cross_entropy_workspace`] bytes, and optionally `bad`, one i32 that
+/// the caller sets to `i32::MAX` and that then holds the first row whose
+/// target is outside `[0, cols)` (and not ignored).
+#[derive(Clone, Copy, Debug)]
+pub struct CrossEntropyIo {
+    pub logits: u64,
+    pub targets: u64,
+    pub lse: u64,
+    pub loss: u64,
+    pub count: u64,
+    pub workspace: u64,
+    pub bad: Option<u64>,
+}
+
+/// Workspace bytes of a cross-entropy forward: one f32 loss per row.
+pub fn cross_entropy_workspace(rows: usize) -> usize {
+    4 * rows
+}
+
+/// How targets are read: PyTorch's `ignore_index` and `label_smoothing`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Labels {
+    pub ignore_index: Option<i32>,
+    pub label_smoothing: f32,
+}
+
+impl Labels {
+    fn args(&self) -> [KernelArg; 2] {
+        [KernelArg::I32(self.ignore_index.unwrap_or(0)), KernelArg::I32(self.ignore_index.is_some() as i32)]
+    }
+    fn check(&self, kernel: &str, rows: usize, cols: usize) -> Result<()> {
+        if cols == 0 || cols > i32::MAX as usize || !(0.0..=1.0).contains(&self.label_smoothing) {
+            return Err(Error::cuda(
+                kernel,
+                format!(
+                    "logits [{rows}, {cols}] with label_smoothing {}: need 0 < cols < 2^31 and smoothing in [0, 1]",
+                    self.label_smoothing
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Mean cross-entropy: the per-row kernel (lse and row losses, one block per
+/// row, the row in shared memory while `cols ≤ 8192`), then the mean (one
+/// block, f64). Run the launches in order.
+pub fn cross_entropy(
+    dtype: DType,
+    rows: usize,
+    cols: usize,
+    labels: Labels,
+    io: &CrossEntropyIo,
+) -> Result<Vec<Launch>> {
+    let s = named("cross_entropy", dtype)?;
+    labels.check(s.kernel, rows, cols)?;
+    let [ignore, has_ignore] = labels.args();
+    let cache = s.smem.bytes(cols) > 0;
+    let args = vec![
+        ptr(io.logits),
+        ptr(io.targets),
+        ptr(io.lse),
+        ptr(io.workspace),
+        opt(io.bad),
+        len(cols),
+        ignore,
+        has_ignore,
+        KernelArg::F32(labels.label_smoothing),
+        KernelArg::I32(cache as i32),
+    ];
+    let rows_launch = s.rows(rows, cols, args)?;
+    let args = vec![ptr(io.targets), ptr(io.workspace), ptr(io.loss), ptr(io.count), len(rows), ignore, has_ignore];
+    Ok(vec![rows_launch, named("cross_entropy_mean", dtype)?.blocks(1, args)?])
+}
+
+/// Operands of a cross-entropy backward: the forward's `logits`, `targets`,
+/// `lse` and `count`, the loss's gradient `dloss` (one value, storage
+/// type, on the device) and the output `dx` `[rows, cols]`.
+#[derive(Clone, Copy, Debug)]
+pub struct CrossEntropyBackward {
+    pub logits: u64,
+    pub targets: u64,
+    pub lse: u64,
+    pub count: u64,
+    pub dloss: u64,
+    pub dx: u64,
+}
+
+/// `dx = dloss/count · (softmax(x) − q)`, 0 on ignored rows; one block per row.
+pub fn cross_entropy_backward(
+    dtype: DType,
+    rows: usize,
+    cols: usize,
+    labels: Labels,
+    io: &CrossEntropyBackward,
+) -> Result<Launch> {
+    let s = named("cross_entropy_backward", dtype)?;
+    labels.check(s.kernel, rows, cols)?;
+    let [ignore, has_ignore] = labels.args();
+    let args = vec![
+        ptr(io.logits),
+        ptr(io.targets),
+        ptr(io.lse),
+        ptr(io.dloss),
+        ptr(io.count),
+        ptr(io.dx),
+        len(cols),
+        ignore,
+        has_ignore,
+        KernelArg::F32(labels.label_smoothing),
+    ];
+    s.rows(rows, cols, args)
+}
