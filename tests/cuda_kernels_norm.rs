@@ -349,3 +349,73 @@ fn cross_entropy_reports_a_bad_target() {
         assert!(ws[0].is_finite() && ws[2] == 0.0, "row losses {ws:?}");
     }
 }
+
+// ---- embedding -------------------------------------------------------------------
+
+#[test]
+fn embedding_forward_and_backward_match_the_cpu_bit_for_bit() {
+    timed("embedding", || {
+        let arena = Arena::host();
+        let mut rng = Rng::new(31);
+        let vocab = 37;
+        // n: one id; a few; more than a sort block (256) with many repeats.
+        for (n, dim) in [(1usize, 5usize), (7, 1), (200, 300), (600, 5)] {
+            for dtype in DTYPES {
+                let mut ids: Vec<i32> = (0..n).map(|_| rng.below(vocab) as i32).collect();
+                if n >= 7 {
+                    ids[n - 1] = ids[0]; // a repeat at both ends
+                    ids[n / 2] = 36; // the last row
+                }
+                let w = tensor(&arena, &[vocab, dim], &values(&mut rng, vocab * dim, -1.0, 1.0), dtype).requires_grad();
+                let idt = Tensor::from_slice(&arena, &[n], &ids, Tag::Data).unwrap();
+                let y = w.embedding(&idt).unwrap();
+                let dy = tensor(&arena, &[n, dim], &values(&mut rng, n * dim, -1.0, 1.0), dtype);
+                backward_with(&y, dy.clone()).unwrap();
+                let dw_want = vec_of(&w.grad().unwrap());
+                for emu in both() {
+                    let what = format!("embedding {dtype} {n} ids into [{vocab}, {dim}] ({:?})", emu.order());
+                    let out = zeros(&arena, &[n, dim], dtype);
+                    let mut bad = [i32::MAX];
+                    let l = k::embedding(dtype, ptr(&w), ptr(&idt), ptr(&out), Some(vptr(&mut bad)), n, vocab, dim);
+                    run(&emu, &[l.unwrap()]);
+                    assert_eq!(bad[0], i32::MAX, "{what}: no bad id");
+                    same_bits(&format!("{what}: forward"), &vec_of(&out), &vec_of(&y));
+                    // Poisoned, so a row the kernel skips shows up.
+                    let dw = tensor(&arena, &[vocab, dim], &vec![f32::NAN; vocab * dim], dtype);
+                    let mut ws = vec![-7i32; k::embedding_backward_workspace(n) / 4];
+                    let ls = k::embedding_backward(dtype, ptr(&dy), ptr(&idt), ptr(&dw), vptr(&mut ws), n, vocab, dim)
+                        .unwrap();
+                    assert_eq!(ls.len(), 1 + (n as f64).log2().ceil().max(1.0) as usize, "{what}: launches");
+                    run(&emu, &ls);
+                    // The sorted order: by id, then by position.
+                    let order = &ws[(ls.len() - 2) % 2 * n..][..n];
+                    let mut want: Vec<i32> = (0..n as i32).collect();
+                    want.sort_by_key(|&p| (ids[p as usize], p));
+                    assert_eq!(order, &want[..], "{what}: sorted positions");
+                    same_bits(&format!("{what}: backward"), &vec_of(&dw), &dw_want);
+                }
+            }
+        }
+    });
+}
+
+#[test]
+fn embedding_reports_an_id_outside_the_table() {
+    let arena = Arena::host();
+    let (vocab, dim) = (4, 3);
+    let w = tensor(&arena, &[vocab, dim], &[1.0; 12], DType::F16);
+    let idt = Tensor::from_slice(&arena, &[5], &[0i32, 4, 1, -1, 3], Tag::Data).unwrap();
+    for emu in both() {
+        let out = tensor(&arena, &[5, dim], &[9.0; 15], DType::F16);
+        let mut bad = [i32::MAX];
+        run(
+            &emu,
+            &[k::embedding(DType::F16, ptr(&w), ptr(&idt), ptr(&out), Some(vptr(&mut bad)), 5, vocab, dim).unwrap()],
+        );
+        assert_eq!(bad[0], 1, "the first bad position ({:?})", emu.order());
+        let o = vec_of(&out);
+        assert_eq!(&o[3..6], &[0.0; 3], "a bad id's row is zeros");
+        assert_eq!(&o[9..12], &[0.0; 3]);
+        assert_eq!(&o[6..9], &[1.0; 3]);
+    }
+}

@@ -164,6 +164,7 @@ const ONE: Grid = Grid::Elements { per_thread: 1 };
 const ROW_CACHE: Smem = Smem::RowF32 { max_cols: 8192 };
 const NORM: &str = "norm.cu";
 const LOSS: &str = "loss.cu";
+const EMB: &str = "embedding.cu";
 // Layer norm backward: up to 256 blocks of partial sums, about two per SM on
 // a 132-SM H100; the workspace is 2·256·cols f32s at most.
 const LN_RUNS: Grid = Grid::RowRuns { max_blocks: 256 };
@@ -225,6 +226,13 @@ pub const LAUNCH: &[LaunchSpec] = &[
     spec("cross_entropy_backward_f32", LOSS, 256, Grid::Rows, Smem::None),
     spec("cross_entropy_backward_f16", LOSS, 256, Grid::Rows, Smem::None),
     spec("cross_entropy_backward_bf16", LOSS, 256, Grid::Rows, Smem::None),
+    spec("embedding_f32", EMB, 128, Grid::Rows, Smem::None),
+    spec("embedding_f16", EMB, 128, Grid::Rows, Smem::None),
+    spec("embedding_bf16", EMB, 128, Grid::Rows, Smem::None),
+    spec("embedding_sort_pass", EMB, 256, ONE, Smem::None),
+    spec("embedding_backward_f32", EMB, 128, Grid::Rows, Smem::None),
+    spec("embedding_backward_f16", EMB, 128, Grid::Rows, Smem::None),
+    spec("embedding_backward_bf16", EMB, 128, Grid::Rows, Smem::None),
 ];
 
 /// The table entry for `kernel`.

@@ -262,3 +262,77 @@ pub fn cross_entropy_backward(
     ];
     s.rows(rows, cols, args)
 }
+
+// ---- embedding -------------------------------------------------------------------
+
+/// `out[k, :] = weight[ids[k], :]` for `n` ids into a `[vocab, dim]` table;
+/// one block per id. `bad` (optional, one i32 the caller sets to
+/// `i32::MAX`) receives the first position whose id is outside the table;
+/// that row of `out` is zeros.
+#[allow(clippy::too_many_arguments)]
+pub fn embedding(
+    dtype: DType,
+    weight: u64,
+    ids: u64,
+    out: u64,
+    bad: Option<u64>,
+    n: usize,
+    vocab: usize,
+    dim: usize,
+) -> Result<Launch> {
+    let s = named("embedding", dtype)?;
+    if vocab > i32::MAX as usize {
+        return Err(Error::cuda(s.kernel, format!("vocabulary {vocab}: i32 ids reach 2^31-1 rows at most")));
+    }
+    s.rows(n, dim, vec![ptr(weight), ptr(ids), ptr(out), opt(bad), len(vocab), len(dim)])
+}
+
+/// Workspace bytes of an embedding backward over `n` ids: two i32 arrays of
+/// `n` positions (the merge sort's ping-pong buffers).
+pub fn embedding_backward_workspace(n: usize) -> usize {
+    2 * 4 * n
+}
+
+/// `dweight[j, :] = Σ dy[k, :]` over the positions `k` with `ids[k] == j`,
+/// in increasing `k` (f32 accumulation): ⌈log2 n⌉ merge passes sort the
+/// positions by (id, position) in the workspace, then one block per
+/// vocabulary row adds its bucket. Every row of `dweight` is written (zeros
+/// where no id points). Run the launches in order.
+#[allow(clippy::too_many_arguments)]
+pub fn embedding_backward(
+    dtype: DType,
+    dy: u64,
+    ids: u64,
+    dweight: u64,
+    workspace: u64,
+    n: usize,
+    vocab: usize,
+    dim: usize,
+) -> Result<Vec<Launch>> {
+    let s = named("embedding_backward", dtype)?;
+    if n > i32::MAX as usize || vocab > i32::MAX as usize || (n > 0 && workspace == 0) {
+        return Err(Error::cuda(
+            s.kernel,
+            format!(
+                "{n} ids into [{vocab}, {dim}]: need n and vocab below 2^31 and a workspace of \
+                 embedding_backward_workspace(n) = {} bytes",
+                embedding_backward_workspace(n)
+            ),
+        ));
+    }
+    let pass = spec_of("embedding_sort_pass")?;
+    let buf = [workspace, workspace + 4 * n as u64];
+    let mut out = vec![];
+    // Runs of 1, 2, 4, … until one run holds all n; at least one pass, which
+    // writes the identity order when n is 1.
+    let mut run = 1;
+    while n > 0 && (run < n || out.is_empty()) {
+        let input = if out.is_empty() { 0 } else { buf[(out.len() - 1) % 2] };
+        let args = vec![ptr(ids), ptr(input), ptr(buf[out.len() % 2]), len(n), len(run)];
+        out.push(pass.elements(n, args)?);
+        run *= 2;
+    }
+    let order = if out.is_empty() { 0 } else { buf[(out.len() - 1) % 2] };
+    out.push(s.rows(vocab, dim, vec![ptr(dy), ptr(ids), ptr(order), ptr(dweight), len(n), len(dim)])?);
+    Ok(out)
+}
