@@ -419,3 +419,42 @@ fn embedding_reports_an_id_outside_the_table() {
         assert_eq!(&o[6..9], &[1.0; 3]);
     }
 }
+
+// ---- dropout ---------------------------------------------------------------------
+
+#[test]
+fn dropout_masks_equal_the_cpu_masks_bit_for_bit() {
+    timed("dropout", || {
+        let arena = Arena::host();
+        let mut rng = Rng::new(41);
+        // One element; under a chunk (4096); just over; over two chunks, odd.
+        for n in [1usize, 1000, 4097, 9001] {
+            for dtype in DTYPES {
+                for p in [0.1f32, 0.5, 0.9] {
+                    let x = tensor(&arena, &[n], &values(&mut rng, n, -2.0, 2.0), dtype).requires_grad();
+                    // The op draws its seed from the stream: the same draw here.
+                    let mut op_rng = Rng::new(n as u64 * 7 + (p * 10.0) as u64);
+                    let seed = op_rng.clone().next_u64();
+                    let y = x.dropout(p, &mut op_rng).unwrap();
+                    let g = tensor(&arena, &[n], &values(&mut rng, n, -1.0, 1.0), dtype);
+                    backward_with(&y, g.clone()).unwrap();
+                    for emu in both() {
+                        let what = format!("dropout {dtype} n={n} p={p} ({:?})", emu.order());
+                        let out = zeros(&arena, &[n], dtype);
+                        run(&emu, &[k::dropout(dtype, ptr(&x), ptr(&out), n, seed, p).unwrap()]);
+                        let got = vec_of(&out);
+                        same_bits(&format!("{what}: forward"), &got, &vec_of(&y));
+                        let dx = zeros(&arena, &[n], dtype);
+                        run(&emu, &[k::dropout(dtype, ptr(&g), ptr(&dx), n, seed, p).unwrap()]);
+                        same_bits(&format!("{what}: backward"), &vec_of(&dx), &vec_of(&x.grad().unwrap()));
+                        if n > 1000 {
+                            // The mask is not degenerate: about p of it drops.
+                            let dropped = got.iter().filter(|v| **v == 0.0).count() as f32 / n as f32;
+                            assert!((dropped - p).abs() < 0.05, "{what}: dropped {dropped}");
+                        }
+                    }
+                }
+            }
+        }
+    });
+}

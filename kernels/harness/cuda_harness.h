@@ -506,6 +506,13 @@ inline float __fdividef(float x, float y) { return x / y; }
 inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
 inline float __frcp_rn(float x) { return 1.0f / x; }
 inline float __saturatef(float x) { return fminf(fmaxf(x, 0.0f), 1.0f); }
+// Round-to-nearest arithmetic that the GPU never fuses into an FMA: exactly
+// what x86 SSE does for plain operators.
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fsub_rn(float a, float b) { return a - b; }
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fdiv_rn(float a, float b) { return a / b; }
+inline float __fsqrt_rn(float x) { return sqrtf(x); }
 inline float __int_as_float(int i) {
     float f;
     std::memcpy(&f, &i, 4);

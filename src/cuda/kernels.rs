@@ -165,6 +165,7 @@ const ROW_CACHE: Smem = Smem::RowF32 { max_cols: 8192 };
 const NORM: &str = "norm.cu";
 const LOSS: &str = "loss.cu";
 const EMB: &str = "embedding.cu";
+const DROP: &str = "dropout.cu";
 // Layer norm backward: up to 256 blocks of partial sums, about two per SM on
 // a 132-SM H100; the workspace is 2·256·cols f32s at most.
 const LN_RUNS: Grid = Grid::RowRuns { max_blocks: 256 };
@@ -233,6 +234,9 @@ pub const LAUNCH: &[LaunchSpec] = &[
     spec("embedding_backward_f32", EMB, 128, Grid::Rows, Smem::None),
     spec("embedding_backward_f16", EMB, 128, Grid::Rows, Smem::None),
     spec("embedding_backward_bf16", EMB, 128, Grid::Rows, Smem::None),
+    spec("dropout_f32", DROP, 256, ONE, Smem::None),
+    spec("dropout_f16", DROP, 256, ONE, Smem::None),
+    spec("dropout_bf16", DROP, 256, ONE, Smem::None),
 ];
 
 /// The table entry for `kernel`.

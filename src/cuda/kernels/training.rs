@@ -336,3 +336,19 @@ pub fn embedding_backward(
     out.push(s.rows(vocab, dim, vec![ptr(dy), ptr(ids), ptr(order), ptr(dweight), len(n), len(dim)])?);
     Ok(out)
 }
+
+// ---- dropout ---------------------------------------------------------------------
+
+/// `y = x·1/(1 − p)` where the mask keeps an element, else 0, for `n`
+/// dense elements: the CPU's mask bit for bit (`Rng::new(seed).fork(chunk)`
+/// per [`crate::cpu::dropout::CHUNK`] elements). The backward is the same
+/// launch on the gradient with the same seed.
+pub fn dropout(dtype: DType, x: u64, y: u64, n: usize, seed: u64, p: f32) -> Result<Launch> {
+    let s = named("dropout", dtype)?;
+    if !(0.0..1.0).contains(&p) {
+        return Err(Error::cuda(s.kernel, format!("p = {p} for {n} elements must be in [0, 1)")));
+    }
+    let chunk = crate::cpu::dropout::CHUNK;
+    let args = vec![ptr(x), ptr(y), len(n), KernelArg::U64(seed), KernelArg::F32(p), len(chunk)];
+    s.elements(n, args)
+}
