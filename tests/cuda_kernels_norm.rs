@@ -18,7 +18,8 @@
 
 use headroom::autograd::backward_with;
 use headroom::cuda::emulator::{Emulator, Order};
-use headroom::cuda::kernels::{self as k, Launch};
+use headroom::cuda::kernels::{self as k, AdamTensor, Launch, NormTensor};
+use headroom::optim::{clip_grad_norm, AdamW, AdamWConfig, Optimizer};
 use headroom::rng::Rng;
 use headroom::{Arena, DType, Tag, Tensor};
 use std::sync::OnceLock;
@@ -457,4 +458,179 @@ fn dropout_masks_equal_the_cpu_masks_bit_for_bit() {
             }
         }
     });
+}
+
+// ---- AdamW -----------------------------------------------------------------------
+
+#[test]
+fn fused_adamw_over_many_tensors_equals_the_cpu_step_bit_for_bit() {
+    timed("adamw", || {
+        let arena = Arena::host();
+        let mut rng = Rng::new(51);
+        // One element; odd; a chunk (1024) ± 1; several chunks.
+        let sizes = [1usize, 3, 1023, 1025, 2500];
+        let config = AdamWConfig { lr: 1e-2, weight_decay: 0.1, ..Default::default() };
+        for gdtype in DTYPES {
+            let params: Vec<Tensor> = sizes
+                .iter()
+                .map(|&n| tensor(&arena, &[n], &values(&mut rng, n, -1.0, 1.0), DType::F32).requires_grad())
+                .collect();
+            // The GPU's copies of the weights and moments.
+            let mut dev: Vec<[Vec<f32>; 3]> =
+                params.iter().map(|p| [vec_of(p), vec![0.0; p.numel()], vec![0.0; p.numel()]]).collect();
+            let mut steps = vec![0u64; sizes.len()];
+            let mut opt = AdamW::new(params.clone(), config).unwrap();
+            for step in 0..3 {
+                // Parameter 1 has no gradient in the first step: its own step count lags.
+                let with_grad: Vec<usize> = (0..sizes.len()).filter(|&i| !(step == 0 && i == 1)).collect();
+                opt.zero_grad();
+                let mut grads = vec![];
+                for &i in &with_grad {
+                    let g = tensor(&arena, &[sizes[i]], &values(&mut rng, sizes[i], -0.5, 0.5), gdtype);
+                    params[i].set_grad(Some(g.clone()));
+                    grads.push(g);
+                    steps[i] += 1;
+                }
+                let mut table: Vec<AdamTensor> = with_grad
+                    .iter()
+                    .zip(&grads)
+                    .map(|(&i, g)| {
+                        let [p, m, v] = &mut dev[i];
+                        let s = config.step_scalars(steps[i]);
+                        AdamTensor::new(vptr(p), ptr(g), vptr(m), vptr(v), sizes[i], &s)
+                    })
+                    .collect();
+                // An empty tensor in the middle of the table is skipped.
+                let empty = AdamTensor::new(0, 0, 0, 0, 0, &config.step_scalars(1));
+                table.insert(1, empty);
+                let blocks = k::adamw_table(gdtype, &mut table).unwrap();
+                let l = k::adamw(gdtype, vptr(&mut table), &table, &config.step_scalars(1)).unwrap();
+                assert_eq!(l.grid[0] as usize, blocks);
+                // Forward order on even steps, reverse on odd ones.
+                let emu = &both()[step % 2];
+                run(emu, &[l]);
+                opt.step().unwrap();
+                let state = opt.state_tensors();
+                for (i, p) in params.iter().enumerate() {
+                    let what = format!("adamw grads {gdtype} step {step} param {i} [{}]", sizes[i]);
+                    same_bits(&format!("{what}: param"), &dev[i][0], &vec_of(p));
+                    let st: Vec<&Tensor> = state.iter().filter(|s| s.param == i).map(|s| &s.tensor).collect();
+                    if st.is_empty() {
+                        assert!(dev[i][1].iter().all(|&v| v == 0.0), "{what}: no state yet");
+                        continue;
+                    }
+                    same_bits(&format!("{what}: exp_avg"), &dev[i][1], &vec_of(st[0]));
+                    same_bits(&format!("{what}: exp_avg_sq"), &dev[i][2], &vec_of(st[1]));
+                }
+            }
+            assert_eq!(opt.param_step(1), 2, "parameter 1 took one step fewer");
+        }
+    });
+}
+
+// ---- global gradient norm and clipping ---------------------------------------------
+
+#[test]
+fn global_grad_norm_and_clipping_match_clip_grad_norm() {
+    timed("grad_norm", || {
+        let arena = Arena::host();
+        let mut rng = Rng::new(61);
+        // Gradients of all three dtypes, sizes around the 1024-element chunk.
+        let shapes =
+            [(DType::F32, 1000usize), (DType::F16, 700), (DType::F32, 3), (DType::BF16, 2049), (DType::F32, 1025)];
+        let grads: Vec<Tensor> =
+            shapes.iter().map(|&(d, n)| tensor(&arena, &[n], &values(&mut rng, n, -0.2, 0.2), d)).collect();
+        // The CPU: clip_grad_norm on copies (it scales them in place).
+        let max_norm = 1.0f32;
+        let params: Vec<Tensor> = shapes
+            .iter()
+            .map(|&(_, n)| Tensor::zeros(&arena, &[n], DType::F32, Tag::Parameter).unwrap().requires_grad())
+            .collect();
+        for (p, g) in params.iter().zip(&grads) {
+            p.set_grad(Some(g.copy().unwrap()));
+        }
+        let want = clip_grad_norm(&params, max_norm).unwrap();
+        assert!(want > max_norm, "the test must clip");
+        let mut norms = vec![];
+        for emu in both() {
+            let what = format!("grad norm ({:?})", emu.order());
+            let gpu: Vec<Tensor> = grads.iter().map(|g| g.copy().unwrap()).collect();
+            // Pass 1 per dtype, each into its own range of the workspace.
+            let mut partial = vec![f32::NAN; k::grad_norm_workspace(&shapes).unwrap() / 4];
+            let mut at = 0;
+            for dtype in DTYPES {
+                let mut table: Vec<NormTensor> = gpu
+                    .iter()
+                    .filter(|g| g.dtype() == dtype)
+                    .map(|g| NormTensor { data: ptr(g), numel: g.numel() as i64, first_block: 0 })
+                    .collect();
+                let blocks = k::sum_squares_table(dtype, &mut table).unwrap();
+                run(&emu, &[k::sum_squares(dtype, vptr(&mut table), &table, vptr(&mut partial[at..])).unwrap()]);
+                at += blocks;
+            }
+            assert_eq!(at, partial.len(), "{what}: the workspace holds every partial");
+            let mut norm = [0f64];
+            run(&emu, &[k::grad_norm(vptr(&mut partial), at, vptr(&mut norm)).unwrap()]);
+            // f32 sums within each 1024-element chunk, f64 across them (the CPU: f64 throughout).
+            close(&what, &[norm[0] as f32], &[want], (0.0, 1e-6));
+            norms.push(norm[0]);
+            // Clip as clip_grad_norm does, with the in-place scale kernel.
+            let coef = (max_norm as f64 / (norm[0] + 1e-6)) as f32;
+            for (g, p) in gpu.iter().zip(&params) {
+                run(&emu, &[k::scale(g.dtype(), ptr(g), g.numel(), coef).unwrap()]);
+                let what = format!("{what}: clipped {} [{}]", g.dtype(), g.numel());
+                close(&what, &vec_of(g), &vec_of(&p.grad().unwrap()), tol(g.dtype()));
+            }
+        }
+        assert_eq!(norms[0].to_bits(), norms[1].to_bits(), "grad norm: forward vs reverse order");
+    });
+}
+
+// ---- builder errors --------------------------------------------------------------
+
+#[test]
+fn builders_name_the_kernel_the_shapes_and_the_fix() {
+    let err = |r: headroom::Result<Vec<Launch>>| r.unwrap_err().to_string();
+    let io = k::LayerNormBackward {
+        x: 8,
+        dy: 8,
+        weight: None,
+        mean: 8,
+        rstd: 8,
+        dx: None,
+        dweight: Some(8),
+        dbias: None,
+        workspace: 0,
+    };
+    let e = err(k::layer_norm_backward(DType::F16, 10, 7, &io));
+    assert!(e.contains("layer_norm_backward_f16") && e.contains("[10, 7]") && e.contains("= 560 bytes"), "{e}");
+    let e = err(k::embedding_backward(DType::F32, 8, 8, 8, 0, 5, 10, 3));
+    assert!(
+        e.contains("embedding_backward_f32") && e.contains("5 ids into [10, 3]") && e.contains("= 40 bytes"),
+        "{e}"
+    );
+    let e = k::dropout(DType::BF16, 8, 8, 4, 1, 1.0).unwrap_err().to_string();
+    assert!(e.contains("dropout_bf16") && e.contains("[0, 1)"), "{e}");
+    let labels = k::Labels { ignore_index: None, label_smoothing: 1.5 };
+    let io = k::CrossEntropyIo { logits: 8, targets: 8, lse: 8, loss: 8, count: 8, workspace: 8, bad: None };
+    let e = err(k::cross_entropy(DType::F32, 2, 3, labels, &io));
+    assert!(e.contains("cross_entropy_f32") && e.contains("[2, 3]") && e.contains("1.5"), "{e}");
+    // A table that was not numbered for its dtype.
+    let s = AdamWConfig::default().step_scalars(1);
+    let mut table = vec![AdamTensor::new(8, 8, 8, 8, 5000, &s), AdamTensor::new(8, 8, 8, 8, 10, &s)];
+    let e = k::adamw(DType::F32, 8, &table, &s).unwrap_err().to_string();
+    assert!(e.contains("adamw_f32") && e.contains("entry 1") && e.contains("adamw_table"), "{e}");
+    assert_eq!(k::adamw_table(DType::F32, &mut table).unwrap(), 5 + 1);
+    assert_eq!(table[1].first_block, 5);
+    assert!(k::adamw(DType::F32, 8, &table, &s).is_ok());
+    let e = k::layer_norm(
+        DType::I32,
+        1,
+        1,
+        1e-5,
+        &k::LayerNormIo { x: 8, weight: None, bias: None, y: 8, mean: 8, rstd: 8 },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("f32, f16 or bf16"), "{e}");
 }

@@ -98,6 +98,9 @@ pub enum Grid {
     /// Rows cut into at most `max_blocks` runs of consecutive rows, one
     /// block each (per-block partial sums that a second kernel adds).
     RowRuns { max_blocks: u32 },
+    /// One block per `block · per_thread` elements of each tensor of a
+    /// multi-tensor table (kernels/optim.cu).
+    Tensors { per_thread: u32 },
 }
 
 /// The dynamic shared memory a kernel's launch gives it.
@@ -166,9 +169,12 @@ const NORM: &str = "norm.cu";
 const LOSS: &str = "loss.cu";
 const EMB: &str = "embedding.cu";
 const DROP: &str = "dropout.cu";
+const OPT: &str = "optim.cu";
 // Layer norm backward: up to 256 blocks of partial sums, about two per SM on
 // a 132-SM H100; the workspace is 2·256·cols f32s at most.
 const LN_RUNS: Grid = Grid::RowRuns { max_blocks: 256 };
+// Multi-tensor chunks of 256 threads × 4 = 1024 elements.
+const CHUNKS: Grid = Grid::Tensors { per_thread: 4 };
 
 /// Every kernel and how it is launched.
 pub const LAUNCH: &[LaunchSpec] = &[
@@ -237,6 +243,13 @@ pub const LAUNCH: &[LaunchSpec] = &[
     spec("dropout_f32", DROP, 256, ONE, Smem::None),
     spec("dropout_f16", DROP, 256, ONE, Smem::None),
     spec("dropout_bf16", DROP, 256, ONE, Smem::None),
+    spec("adamw_f32", OPT, 256, CHUNKS, Smem::None),
+    spec("adamw_f16", OPT, 256, CHUNKS, Smem::None),
+    spec("adamw_bf16", OPT, 256, CHUNKS, Smem::None),
+    spec("sum_squares_f32", OPT, 256, CHUNKS, Smem::None),
+    spec("sum_squares_f16", OPT, 256, CHUNKS, Smem::None),
+    spec("sum_squares_bf16", OPT, 256, CHUNKS, Smem::None),
+    spec("grad_norm", OPT, 1024, Grid::Single, Smem::None),
 ];
 
 /// The table entry for `kernel`.

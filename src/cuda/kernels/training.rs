@@ -13,7 +13,8 @@
 // crate-wide change, not this module's.
 #![allow(clippy::result_large_err)]
 
-use super::{named, spec_of, KernelArg, Launch};
+use super::{named, spec_of, KernelArg, Launch, LaunchSpec};
+use crate::cpu::optim::AdamStep;
 use crate::error::{Error, Result};
 use crate::tensor::DType;
 
@@ -351,4 +352,168 @@ pub fn dropout(dtype: DType, x: u64, y: u64, n: usize, seed: u64, p: f32) -> Res
     let chunk = crate::cpu::dropout::CHUNK;
     let args = vec![ptr(x), ptr(y), len(n), KernelArg::U64(seed), KernelArg::F32(p), len(chunk)];
     s.elements(n, args)
+}
+
+// ---- multi-tensor tables -----------------------------------------------------------
+
+/// One parameter of a fused AdamW launch: a row of the device table the
+/// kernel reads. Layout = `struct AdamTensor` in kernels/optim.cu (56
+/// bytes, no padding; upload with `bytemuck::cast_slice`). `param`, `m`
+/// and `v` are f32, `grad` is in the launch's gradient dtype; `step_size`
+/// and `bias2_sqrt` are the parameter's own ([`AdamStep`]), as each
+/// parameter counts its steps. `first_block` is set by [`adamw_table`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct AdamTensor {
+    pub param: u64,
+    pub grad: u64,
+    pub m: u64,
+    pub v: u64,
+    pub numel: i64,
+    pub first_block: i64,
+    pub step_size: f32,
+    pub bias2_sqrt: f32,
+}
+const _: () = assert!(std::mem::size_of::<AdamTensor>() == 56);
+
+impl AdamTensor {
+    pub fn new(param: u64, grad: u64, m: u64, v: u64, numel: usize, step: &AdamStep) -> AdamTensor {
+        AdamTensor {
+            param,
+            grad,
+            m,
+            v,
+            numel: numel as i64,
+            first_block: 0,
+            step_size: step.step_size,
+            bias2_sqrt: step.bias2_sqrt,
+        }
+    }
+}
+
+/// One tensor of a sum-of-squares launch. Layout = `struct NormTensor` in
+/// kernels/optim.cu (24 bytes). `first_block` is set by [`sum_squares_table`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct NormTensor {
+    pub data: u64,
+    pub numel: i64,
+    pub first_block: i64,
+}
+const _: () = assert!(std::mem::size_of::<NormTensor>() == 24);
+
+/// Elements per block of a multi-tensor kernel.
+fn chunk_of(s: &LaunchSpec) -> Result<usize> {
+    match s.grid {
+        super::Grid::Tensors { per_thread } => Ok(s.block as usize * per_thread as usize),
+        _ => Err(Error::cuda(s.kernel, "not a multi-tensor kernel (Grid::Tensors)")),
+    }
+}
+
+/// Each tensor's first block (the chunks of the tensors before it) and the
+/// total, the launch's block count.
+fn first_blocks(s: &LaunchSpec, numels: impl Iterator<Item = i64>) -> Result<(Vec<i64>, usize)> {
+    let chunk = chunk_of(s)?;
+    let mut next = 0usize;
+    let mut firsts = vec![];
+    for numel in numels {
+        firsts.push(next as i64);
+        next += (numel.max(0) as usize).div_ceil(chunk);
+    }
+    Ok((firsts, next))
+}
+
+/// Check a table's numbering (the kernel trusts it) and return its blocks.
+fn check(s: &LaunchSpec, rows: impl Iterator<Item = (i64, i64)>) -> Result<usize> {
+    let chunk = chunk_of(s)?;
+    let mut next = 0usize;
+    let mut count = 0;
+    for (i, (numel, first)) in rows.enumerate() {
+        if numel < 0 || first != next as i64 {
+            return Err(Error::cuda(
+                s.kernel,
+                format!(
+                    "table entry {i}: numel {numel}, first_block {first}, expected {next}; number the table with \
+                     adamw_table / sum_squares_table (for this dtype) before uploading it"
+                ),
+            ));
+        }
+        next += (numel as usize).div_ceil(chunk);
+        count += 1;
+    }
+    if count == 0 || count > i32::MAX as usize {
+        return Err(Error::cuda(s.kernel, format!("a table of {count} tensors: need 1..2^31")));
+    }
+    Ok(next)
+}
+
+// ---- AdamW -----------------------------------------------------------------------
+
+/// Set each entry's `first_block` for an AdamW launch with gradients of
+/// `grad`; returns the blocks the launch will have.
+pub fn adamw_table(grad: DType, table: &mut [AdamTensor]) -> Result<usize> {
+    let (firsts, blocks) = first_blocks(named("adamw", grad)?, table.iter().map(|e| e.numel))?;
+    table.iter_mut().zip(firsts).for_each(|(e, f)| e.first_block = f);
+    Ok(blocks)
+}
+
+/// One AdamW step for every tensor of `table` (its numbered copy is on the
+/// device at `table_dev`): the CPU's update operation by operation, so the
+/// same bits. Betas, eps and decay come from `step`; step_size and
+/// bias2_sqrt from each entry. Tensors with no elements are skipped.
+pub fn adamw(grad: DType, table_dev: u64, table: &[AdamTensor], step: &AdamStep) -> Result<Launch> {
+    let s = named("adamw", grad)?;
+    let blocks = check(s, table.iter().map(|e| (e.numel, e.first_block)))?;
+    let args = vec![
+        ptr(table_dev),
+        KernelArg::I32(table.len() as i32),
+        len(chunk_of(s)?),
+        KernelArg::F32(step.beta1),
+        KernelArg::F32(step.one_minus_beta1),
+        KernelArg::F32(step.beta2),
+        KernelArg::F32(step.one_minus_beta2),
+        KernelArg::F32(step.eps),
+        KernelArg::F32(step.decay),
+    ];
+    // A table of only empty tensors has nothing to do: one idle block.
+    s.blocks(blocks.max(1), args)
+}
+
+// ---- global gradient norm --------------------------------------------------------
+
+/// Set each entry's `first_block` for a sum-of-squares launch over tensors
+/// of `dtype`; returns the blocks (= f32 partials) the launch writes.
+pub fn sum_squares_table(dtype: DType, table: &mut [NormTensor]) -> Result<usize> {
+    let (firsts, blocks) = first_blocks(named("sum_squares", dtype)?, table.iter().map(|e| e.numel))?;
+    table.iter_mut().zip(firsts).for_each(|(e, f)| e.first_block = f);
+    Ok(blocks)
+}
+
+/// Workspace bytes of a global gradient norm over tensors of these
+/// (dtype, numel): one f32 partial per chunk of each dtype's launch.
+pub fn grad_norm_workspace(tensors: &[(DType, usize)]) -> Result<usize> {
+    let mut bytes = 0;
+    for &(dtype, numel) in tensors {
+        bytes += 4 * numel.div_ceil(chunk_of(named("sum_squares", dtype)?)?);
+    }
+    Ok(bytes)
+}
+
+/// Pass 1 for one dtype: `partial[b] = Σ x²` over each chunk of the tables'
+/// tensors. With several dtypes, give each launch its own range of the
+/// workspace (after the blocks of the launches before it).
+pub fn sum_squares(dtype: DType, table_dev: u64, table: &[NormTensor], partial: u64) -> Result<Launch> {
+    let s = named("sum_squares", dtype)?;
+    let blocks = check(s, table.iter().map(|e| (e.numel, e.first_block)))?;
+    if blocks == 0 {
+        return Err(Error::cuda(s.kernel, "every tensor of the table is empty: nothing to launch"));
+    }
+    s.blocks(blocks, vec![ptr(table_dev), KernelArg::I32(table.len() as i32), len(chunk_of(s)?), ptr(partial)])
+}
+
+/// Pass 2: `norm[0] = sqrt(Σ partial[..blocks])` as one f64, summed in f64
+/// in a fixed order. What clip_grad_norm returns; its clip factor
+/// `max_norm / (norm + 1e-6)` then goes to the `scale` kernel per gradient.
+pub fn grad_norm(partial: u64, blocks: usize, norm: u64) -> Result<Launch> {
+    spec_of("grad_norm")?.blocks(1, vec![ptr(partial), len(blocks), ptr(norm)])
 }
