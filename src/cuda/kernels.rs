@@ -153,6 +153,7 @@ const fn spec(kernel: &'static str, file: &'static str, block: u32, grid: Grid, 
 
 const EW: &str = "elementwise.cu";
 const RD: &str = "reduce.cu";
+const LSTM: &str = "lstm.cu";
 const PAIRS: Grid = Grid::Elements { per_thread: 2 };
 const ONE: Grid = Grid::Elements { per_thread: 1 };
 // Rows up to 8192 columns stay in shared memory (32 KiB).
@@ -196,6 +197,12 @@ pub const LAUNCH: &[LaunchSpec] = &[
     spec("log_softmax_grad_f32", RD, 256, Grid::Rows, Smem::None),
     spec("log_softmax_grad_f16", RD, 256, Grid::Rows, Smem::None),
     spec("log_softmax_grad_bf16", RD, 256, Grid::Rows, Smem::None),
+    spec("lstm_cell_f32", LSTM, 256, ONE, Smem::None),
+    spec("lstm_cell_f16", LSTM, 256, ONE, Smem::None),
+    spec("lstm_cell_bf16", LSTM, 256, ONE, Smem::None),
+    spec("lstm_cell_grad_f32", LSTM, 256, ONE, Smem::None),
+    spec("lstm_cell_grad_f16", LSTM, 256, ONE, Smem::None),
+    spec("lstm_cell_grad_bf16", LSTM, 256, ONE, Smem::None),
 ];
 
 /// The table entry for `kernel`.
@@ -415,4 +422,104 @@ pub fn softmax(log: bool, dtype: DType, x: u64, y: u64, rows: usize, cols: usize
 pub fn softmax_grad(log: bool, dtype: DType, y: u64, dy: u64, dx: u64, rows: usize, cols: usize) -> Result<Launch> {
     let s = named(if log { "log_softmax_grad" } else { "softmax_grad" }, dtype)?;
     s.rows(rows, cols, vec![KernelArg::Ptr(y), KernelArg::Ptr(dy), KernelArg::Ptr(dx), len_arg(cols)])
+}
+
+fn opt_ptr(p: Option<u64>) -> KernelArg {
+    KernelArg::Ptr(p.unwrap_or(0)) // the kernels read null as "absent"
+}
+
+/// Each `(name, value)` as an i32, or an error naming the kernel: the
+/// kernels index within a plane, a row or a sample in 32 bits.
+fn int32(kernel: &str, what: &str, values: &[(&str, usize)]) -> Result<Vec<i32>> {
+    values
+        .iter()
+        .map(|&(name, v)| {
+            i32::try_from(v).map_err(|_| {
+                Error::cuda(
+                    kernel,
+                    format!("{what}: {name} = {v} exceeds 2^31 - 1, the kernel's 32-bit index; split the batch or the tensor"),
+                )
+            })
+        })
+        .collect()
+}
+
+// ---- LSTM cell ---------------------------------------------------------------------
+
+/// Device buffers of one LSTM cell step ([`lstm_cell`]): dense, one dtype,
+/// gates `[B, 4H]` (blocks i, f, g, o of H per row), states `[B, H]`.
+#[derive(Clone, Copy, Debug)]
+pub struct LstmCell {
+    /// In: x·W_ihᵀ (from cuBLAS). Out: the activated gates, as the CPU saves them.
+    pub gates: u64,
+    /// h·W_hhᵀ; None when the GEMMs already accumulated it into `gates`.
+    pub gh: Option<u64>,
+    /// `[4H]` each.
+    pub b_ih: Option<u64>,
+    pub b_hh: Option<u64>,
+    /// The previous cell state.
+    pub c: u64,
+    pub h_out: u64,
+    pub c_out: u64,
+}
+
+/// Device buffers of one LSTM cell's backward ([`lstm_cell_grad`]).
+#[derive(Clone, Copy, Debug)]
+pub struct LstmCellGrad {
+    /// The activated gates the forward wrote, `[B, 4H]`.
+    pub gates: u64,
+    /// The previous cell state `[B, H]`.
+    pub c: u64,
+    /// Gradients of h' and c' (None = 0).
+    pub dh: Option<u64>,
+    pub dc: Option<u64>,
+    /// Out: pre-activation gradients `[B, 4H]`.
+    pub dgates: u64,
+    /// Out, when wanted: the gradient of c `[B, H]`.
+    pub dc_prev: Option<u64>,
+}
+
+/// `hidden` as the kernels' i32, checked so that 4·hidden (a gate row) fits too.
+fn lstm_hidden(kernel: &str, batch: usize, hidden: usize) -> Result<KernelArg> {
+    int32(kernel, &format!("LSTM cell of batch {batch}, hidden {hidden}"), &[("4·hidden", 4 * hidden)])?;
+    Ok(KernelArg::I32(hidden as i32))
+}
+
+/// The cell's pointwise forward (src/cpu/lstm.rs `forward`): biases,
+/// nonlinearities, `c' = f·c + i·g`, `h' = o·tanh(c')`; one thread per
+/// element of `[batch, hidden]`.
+pub fn lstm_cell(dtype: DType, batch: usize, hidden: usize, b: &LstmCell) -> Result<Launch> {
+    let s = named("lstm_cell", dtype)?;
+    let h = lstm_hidden(s.kernel, batch, hidden)?;
+    let args = vec![
+        KernelArg::Ptr(b.gates),
+        opt_ptr(b.gh),
+        opt_ptr(b.b_ih),
+        opt_ptr(b.b_hh),
+        KernelArg::Ptr(b.c),
+        KernelArg::Ptr(b.h_out),
+        KernelArg::Ptr(b.c_out),
+        len_arg(batch),
+        h,
+    ];
+    s.elements(batch * hidden, args)
+}
+
+/// The cell's pointwise backward (src/cpu/lstm.rs `backward`): dgates and
+/// dc_prev from the saved gates and c; the weight and input gradients are
+/// cuBLAS GEMMs of dgates.
+pub fn lstm_cell_grad(dtype: DType, batch: usize, hidden: usize, b: &LstmCellGrad) -> Result<Launch> {
+    let s = named("lstm_cell_grad", dtype)?;
+    let h = lstm_hidden(s.kernel, batch, hidden)?;
+    let args = vec![
+        KernelArg::Ptr(b.gates),
+        KernelArg::Ptr(b.c),
+        opt_ptr(b.dh),
+        opt_ptr(b.dc),
+        KernelArg::Ptr(b.dgates),
+        opt_ptr(b.dc_prev),
+        len_arg(batch),
+        h,
+    ];
+    s.elements(batch * hidden, args)
 }

@@ -1,0 +1,229 @@
+//! The sequence and vision kernels (kernels/lstm.cu, ctc.cu, pool.cu,
+//! conv.cu) run on the CPU harness and compared with the CPU backend: the
+//! kernels of src/cpu/ directly (the LSTM cell, CTC's per-sample nll, the
+//! pools, im2col/col2im tiles) and the ops (CTC loss and gradient, a whole
+//! conv2d forward and backward chained from the tile kernels with the GEMMs
+//! done on the host, as the backend will do them with cuBLAS). All three
+//! storage dtypes, both thread orders, sizes that are not multiples of the
+//! block, workspaces poisoned with NaN.
+//!
+//! Tolerances (|got − want| ≤ atol + rtol·|want|), sized for a real GPU
+//! (CUDA's expf/tanhf/log1pf, FMA contraction); on the harness, which uses
+//! glibc's libm and no FMA, every pointwise, pool and CTC result here comes
+//! out bit-identical to the CPU's:
+//! - exact: max pool values and argmax, im2col (copies), col2im (the same
+//!   f32 additions in the same order as the CPU);
+//! - pointwise (LSTM cell, average pool, pool gradients): both sides compute
+//!   in f32 from the same stored inputs and round once: f32 (1e-6, 1e-5),
+//!   f16 (1e-4, 2e-3), bf16 (1e-3, 1.6e-2), i.e. about one rounding step;
+//! - CTC: nll (1e-5, 1e-5) (the same log-space recursions in f32); the
+//!   loss as pointwise but rtol ≥ 1e-5 (an f32 tree mean against the CPU's
+//!   f64); the gradient as pointwise but atol ≥ 1e-6, rtol ≥ 1e-4;
+//! - conv chains and the bias gradient: the GEMM (a plain f32 loop here,
+//!   matrixmultiply on the CPU) and the sums run in other orders: f32
+//!   (1e-5, 1e-5) with atol 1e-4 for dW (a sum of B·P = 312 products),
+//!   half types as pointwise. Measured on the harness: at most 4.8e-7
+//!   (forward), 3.6e-7 (dX), 1.9e-6 (dW, bias) absolute.
+
+use headroom::cpu::lstm::{self as clstm, Biases};
+use headroom::cuda::emulator::{Emulator, Order};
+use headroom::cuda::kernels::{self as k, LstmCell, LstmCellGrad};
+use headroom::rng::Rng;
+use headroom::with_float;
+use headroom::{Arena, DType, Result, Tag, Tensor};
+use std::sync::OnceLock;
+
+const DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
+
+fn emulator() -> &'static Emulator {
+    static E: OnceLock<Emulator> = OnceLock::new();
+    E.get_or_init(|| Emulator::new().expect("build the kernel harness"))
+}
+
+/// The harness in both thread orders.
+fn both() -> [Emulator; 2] {
+    [emulator().with_order(Order::Forward), emulator().with_order(Order::Reverse)]
+}
+
+/// (atol, rtol) for pointwise results stored as `dtype`.
+fn tol(dtype: DType) -> (f32, f32) {
+    match dtype {
+        DType::F32 => (1e-6, 1e-5),
+        DType::F16 => (1e-4, 2e-3),
+        _ => (1e-3, 1.6e-2),
+    }
+}
+
+/// Address of a tensor's first element: the harness's "device pointer".
+fn ptr(t: &Tensor) -> u64 {
+    t.storage().block().as_ptr() as u64 + (t.offset() * t.dtype().size()) as u64
+}
+
+fn close(what: &str, got: &[f32], want: &[f32], (atol, rtol): (f32, f32)) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    let bad: Vec<usize> = (0..got.len())
+        .filter(|&i| {
+            let (g, w) = (got[i], want[i]);
+            !((g - w).abs() <= atol + rtol * w.abs() || (g.is_nan() && w.is_nan()) || g == w)
+        })
+        .collect();
+    if let Some(&i) = bad.first() {
+        panic!("{what}: {} of {} differ; first at {i}: got {} want {}", bad.len(), got.len(), got[i], want[i]);
+    }
+}
+
+fn values(rng: &mut Rng, n: usize, lo: f32, hi: f32) -> Vec<f32> {
+    (0..n).map(|_| lo + (hi - lo) * rng.uniform()).collect()
+}
+
+fn tensor(arena: &Arena, shape: &[usize], v: &[f32], dtype: DType) -> Tensor {
+    Tensor::from_f32(arena, shape, v, dtype, Tag::Data).unwrap()
+}
+
+fn zeros(arena: &Arena, shape: &[usize], dtype: DType) -> Tensor {
+    Tensor::zeros(arena, shape, dtype, Tag::Data).unwrap()
+}
+
+fn f32s(t: &Tensor) -> Vec<f32> {
+    t.to_vec_f32().unwrap()
+}
+
+// ---- LSTM cell ---------------------------------------------------------------------
+
+#[test]
+fn lstm_cell_forward_and_backward_match_the_cpu() -> Result<()> {
+    let arena = Arena::host();
+    let mut rng = Rng::new(11);
+    // [B, H] not a multiple of the block (111, 350 > 256, 1), and every
+    // optional input present or absent somewhere.
+    let cases = [(3, 37, true, true, true), (5, 70, false, true, false), (1, 1, true, false, true)];
+    for (batch, hidden, with_gh, with_bias, with_dc) in cases {
+        let (n4, n) = (batch * 4 * hidden, batch * hidden);
+        for dtype in DTYPES {
+            let xw = tensor(&arena, &[batch, 4 * hidden], &values(&mut rng, n4, -3.0, 3.0), dtype);
+            let ghv = if with_gh { values(&mut rng, n4, -2.0, 2.0) } else { vec![0.0; n4] };
+            let gh = tensor(&arena, &[batch, 4 * hidden], &ghv, dtype);
+            let b_ih = tensor(&arena, &[4 * hidden], &values(&mut rng, 4 * hidden, -1.0, 1.0), dtype);
+            let b_hh = tensor(&arena, &[4 * hidden], &values(&mut rng, 4 * hidden, -1.0, 1.0), dtype);
+            let c = tensor(&arena, &[batch, hidden], &values(&mut rng, n, -2.0, 2.0), dtype);
+            let dh = tensor(&arena, &[batch, hidden], &values(&mut rng, n, -1.0, 1.0), dtype);
+            let dc = tensor(&arena, &[batch, hidden], &values(&mut rng, n, -1.0, 1.0), dtype);
+            // The CPU kernels: forward, then backward from its gates.
+            let (gates, h_out, c_out) =
+                (xw.copy()?, zeros(&arena, &[batch, hidden], dtype), zeros(&arena, &[batch, hidden], dtype));
+            let (dgates, dc_prev) =
+                (zeros(&arena, &[batch, 4 * hidden], dtype), zeros(&arena, &[batch, hidden], dtype));
+            with_float!("lstm", dtype, |T| {
+                let (ih, hh) = (b_ih.data::<T>()?, b_hh.data::<T>()?);
+                clstm::forward::<T>(
+                    gates.data_mut::<T>()?,
+                    gh.data::<T>()?,
+                    Biases { ih: with_bias.then_some(ih), hh: with_bias.then_some(hh) },
+                    c.data::<T>()?,
+                    hidden,
+                    h_out.data_mut::<T>()?,
+                    c_out.data_mut::<T>()?,
+                );
+                clstm::backward::<T>(
+                    gates.data::<T>()?,
+                    c.data::<T>()?,
+                    Some(dh.data::<T>()?),
+                    if with_dc { Some(dc.data::<T>()?) } else { None },
+                    hidden,
+                    dgates.data_mut::<T>()?,
+                    Some(dc_prev.data_mut::<T>()?),
+                )
+            });
+            let bias = |t: &Tensor| with_bias.then(|| ptr(t));
+            for emu in both() {
+                let what =
+                    format!("lstm_cell {dtype} [{batch}, {hidden}] gh {with_gh} bias {with_bias} ({:?})", emu.order());
+                let g = xw.copy()?;
+                let (h2, c2) = (zeros(&arena, &[batch, hidden], dtype), zeros(&arena, &[batch, hidden], dtype));
+                let bufs = LstmCell {
+                    gates: ptr(&g),
+                    gh: with_gh.then(|| ptr(&gh)), // absent: the CPU side adds zeros
+                    b_ih: bias(&b_ih),
+                    b_hh: bias(&b_hh),
+                    c: ptr(&c),
+                    h_out: ptr(&h2),
+                    c_out: ptr(&c2),
+                };
+                emu.run(&k::lstm_cell(dtype, batch, hidden, &bufs)?)?;
+                close(&format!("{what}: gates"), &f32s(&g), &f32s(&gates), tol(dtype));
+                close(&format!("{what}: h'"), &f32s(&h2), &f32s(&h_out), tol(dtype));
+                close(&format!("{what}: c'"), &f32s(&c2), &f32s(&c_out), tol(dtype));
+                let (dg, dcp) = (zeros(&arena, &[batch, 4 * hidden], dtype), zeros(&arena, &[batch, hidden], dtype));
+                let bufs = LstmCellGrad {
+                    gates: ptr(&gates),
+                    c: ptr(&c),
+                    dh: Some(ptr(&dh)),
+                    dc: with_dc.then(|| ptr(&dc)),
+                    dgates: ptr(&dg),
+                    dc_prev: Some(ptr(&dcp)),
+                };
+                emu.run(&k::lstm_cell_grad(dtype, batch, hidden, &bufs)?)?;
+                close(&format!("{what}: dgates"), &f32s(&dg), &f32s(&dgates), tol(dtype));
+                close(&format!("{what}: dc_prev"), &f32s(&dcp), &f32s(&dc_prev), tol(dtype));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn lstm_cell_matches_the_op_and_its_gradient_needs_no_dc_prev() -> Result<()> {
+    // The op end to end (x·W_ihᵀ and h·W_hhᵀ by the CPU matmul, as cuBLAS
+    // would give them), and the backward without dh or dc_prev.
+    let arena = Arena::host();
+    let mut rng = Rng::new(12);
+    let (batch, input, hidden) = (4, 6, 9);
+    for dtype in DTYPES {
+        let t = |shape: &[usize], rng: &mut Rng| {
+            tensor(&arena, shape, &values(rng, shape.iter().product(), -1.0, 1.0), dtype)
+        };
+        let (x, h, c) = (t(&[batch, input], &mut rng), t(&[batch, hidden], &mut rng), t(&[batch, hidden], &mut rng));
+        let (w_ih, w_hh) = (t(&[4 * hidden, input], &mut rng), t(&[4 * hidden, hidden], &mut rng));
+        let (b_ih, b_hh) = (t(&[4 * hidden], &mut rng), t(&[4 * hidden], &mut rng));
+        let (h_want, c_want) = Tensor::lstm_cell(&x, &h, &c, &w_ih, &w_hh, Some(&b_ih), Some(&b_hh))?;
+        let gates = x.matmul(&w_ih.transpose(0, 1)?)?.contiguous()?;
+        let gh = h.matmul(&w_hh.transpose(0, 1)?)?.contiguous()?;
+        let dc = t(&[batch, hidden], &mut rng);
+        let (h2, c2) = (zeros(&arena, &[batch, hidden], dtype), zeros(&arena, &[batch, hidden], dtype));
+        let bufs = LstmCell {
+            gates: ptr(&gates),
+            gh: Some(ptr(&gh)),
+            b_ih: Some(ptr(&b_ih)),
+            b_hh: Some(ptr(&b_hh)),
+            c: ptr(&c),
+            h_out: ptr(&h2),
+            c_out: ptr(&c2),
+        };
+        emulator().run(&k::lstm_cell(dtype, batch, hidden, &bufs)?)?;
+        close(&format!("lstm op {dtype}: h'"), &f32s(&h2), &f32s(&h_want), tol(dtype));
+        close(&format!("lstm op {dtype}: c'"), &f32s(&c2), &f32s(&c_want), tol(dtype));
+        // Only dc given, no dc_prev wanted.
+        let want = zeros(&arena, &[batch, 4 * hidden], dtype);
+        with_float!("lstm", dtype, |T| clstm::backward::<T>(
+            gates.data::<T>()?,
+            c.data::<T>()?,
+            None,
+            Some(dc.data::<T>()?),
+            hidden,
+            want.data_mut::<T>()?,
+            None
+        ));
+        let dg = zeros(&arena, &[batch, 4 * hidden], dtype);
+        let bufs = LstmCellGrad {
+            gates: ptr(&gates),
+            c: ptr(&c),
+            dh: None,
+            dc: Some(ptr(&dc)),
+            dgates: ptr(&dg),
+            dc_prev: None,
+        };
+        emulator().run(&k::lstm_cell_grad(dtype, batch, hidden, &bufs)?)?;
+        close(&format!("lstm op {dtype}: dgates without dh"), &f32s(&dg), &f32s(&want), tol(dtype));
+    }
+    Ok(())
+}
