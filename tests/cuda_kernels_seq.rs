@@ -25,9 +25,12 @@
 //!   half types as pointwise. Measured on the harness: at most 4.8e-7
 //!   (forward), 3.6e-7 (dX), 1.9e-6 (dW, bias) absolute.
 
+use headroom::alloc::TraceKind;
+use headroom::autograd::backward_with;
+use headroom::cpu::ctc::{self as cctc, Problem};
 use headroom::cpu::lstm::{self as clstm, Biases};
 use headroom::cuda::emulator::{Emulator, Order};
-use headroom::cuda::kernels::{self as k, LstmCell, LstmCellGrad};
+use headroom::cuda::kernels::{self as k, CtcBuffers, CtcShape, LstmCell, LstmCellGrad};
 use headroom::rng::Rng;
 use headroom::with_float;
 use headroom::{Arena, DType, Result, Tag, Tensor};
@@ -82,6 +85,15 @@ fn tensor(arena: &Arena, shape: &[usize], v: &[f32], dtype: DType) -> Tensor {
 
 fn zeros(arena: &Arena, shape: &[usize], dtype: DType) -> Tensor {
     Tensor::zeros(arena, shape, dtype, Tag::Data).unwrap()
+}
+
+/// A workspace of `n` f32 full of NaN: a kernel reading what it did not write shows.
+fn poisoned(arena: &Arena, n: usize) -> Tensor {
+    tensor(arena, &[n], &vec![f32::NAN; n], DType::F32)
+}
+
+fn ints(arena: &Arena, v: &[i32]) -> Tensor {
+    Tensor::from_slice(arena, &[v.len()], v, Tag::Data).unwrap()
 }
 
 fn f32s(t: &Tensor) -> Vec<f32> {
@@ -224,6 +236,165 @@ fn lstm_cell_matches_the_op_and_its_gradient_needs_no_dc_prev() -> Result<()> {
         };
         emulator().run(&k::lstm_cell_grad(dtype, batch, hidden, &bufs)?)?;
         close(&format!("lstm op {dtype}: dgates without dh"), &f32s(&dg), &f32s(&want), tol(dtype));
+    }
+    Ok(())
+}
+
+// ---- CTC -------------------------------------------------------------------------
+
+/// A CTC batch: log_probs `[T, B, C]` (log-softmaxed), padded targets.
+struct CtcCase {
+    frames: usize,
+    classes: usize,
+    s_max: usize,
+    targets: Vec<Vec<i32>>,
+    input_lengths: Vec<usize>,
+}
+
+impl CtcCase {
+    fn batch(&self) -> usize {
+        self.targets.len()
+    }
+    fn target_lengths(&self) -> Vec<usize> {
+        self.targets.iter().map(|t| t.len()).collect()
+    }
+    fn padded(&self) -> Vec<i32> {
+        let mut v = vec![0; self.batch() * self.s_max];
+        for (b, t) in self.targets.iter().enumerate() {
+            v[b * self.s_max..b * self.s_max + t.len()].copy_from_slice(t);
+        }
+        v
+    }
+    fn shape(&self) -> CtcShape {
+        CtcShape { frames: self.frames, batch: self.batch(), classes: self.classes, s_max: self.s_max, blank: 0 }
+    }
+}
+
+/// Small batch: repeated labels (need a blank between), an empty target, an
+/// impossible alignment (5 frames for 4 equal labels), an empty input, one frame.
+fn small_ctc() -> CtcCase {
+    CtcCase {
+        frames: 13,
+        classes: 7,
+        s_max: 5,
+        targets: vec![vec![1, 2, 2, 3, 1], vec![4, 5, 6], vec![], vec![3, 3, 3, 3], vec![], vec![2]],
+        input_lengths: vec![13, 9, 6, 5, 0, 1],
+    }
+}
+
+/// Long targets: 2S + 1 = 261 and 201 states, more than a block of 256 threads.
+fn long_ctc() -> CtcCase {
+    let lab = |n: usize| (0..n).map(|j| 1 + (j % 4) as i32).collect::<Vec<_>>();
+    CtcCase { frames: 140, classes: 5, s_max: 130, targets: vec![lab(130), lab(100)], input_lengths: vec![140, 117] }
+}
+
+fn run_ctc(case: &CtcCase, dtypes: &[DType], seed: u64) -> Result<()> {
+    let arena = Arena::host();
+    let mut rng = Rng::new(seed);
+    let (frames, batch, classes, s_max) = (case.frames, case.batch(), case.classes, case.s_max);
+    let (il, tl) = (case.input_lengths.clone(), case.target_lengths());
+    let padded = case.padded();
+    let targets = Tensor::from_slice(&arena, &[batch, s_max], &padded, Tag::Data)?;
+    let il32: Vec<i32> = il.iter().map(|&v| v as i32).collect();
+    let tl32: Vec<i32> = tl.iter().map(|&v| v as i32).collect();
+    let (il_d, tl_d) = (ints(&arena, &il32), ints(&arena, &tl32));
+    let shape = case.shape();
+    let wsz = k::ctc_workspace(&shape);
+    for &dtype in dtypes {
+        let logits =
+            tensor(&arena, &[frames, batch, classes], &values(&mut rng, frames * batch * classes, -2.0, 2.0), dtype);
+        let lp = logits.log_softmax(-1)?;
+        // Each sample's nll from the CPU kernel.
+        let p = Problem {
+            frames,
+            batch,
+            classes,
+            targets: &padded,
+            s_max,
+            input_lengths: &il,
+            target_lengths: &tl,
+            blank: 0,
+        };
+        let mut nll_want = vec![0f32; batch];
+        let mut ws = vec![0f32; wsz.forward_f32];
+        with_float!("ctc", dtype, |T| cctc::forward::<T>(lp.data::<T>()?, &p, &mut nll_want, &mut ws));
+        let g = 0.7f32;
+        for zero_infinity in [false, true] {
+            // Loss and gradient from the op.
+            let leaf = lp.copy()?.requires_grad();
+            let loss = leaf.ctc_loss(&targets, &il, &tl, 0, zero_infinity)?;
+            backward_with(&loss, tensor(&arena, &[], &[g], dtype))?;
+            let grad_want = f32s(&leaf.grad().expect("gradient"));
+            let nll_z: Vec<f32> =
+                nll_want.iter().map(|&v| if zero_infinity && v.is_infinite() { 0.0 } else { v }).collect();
+            for emu in both() {
+                let what = format!(
+                    "ctc {dtype} [{frames}, {batch}, {classes}] S {s_max} zi {zero_infinity} ({:?})",
+                    emu.order()
+                );
+                let nll = poisoned(&arena, batch);
+                let bufs = CtcBuffers {
+                    log_probs: ptr(&lp),
+                    targets: ptr(&targets),
+                    input_lengths: ptr(&il_d),
+                    target_lengths: ptr(&tl_d),
+                    nll: ptr(&nll),
+                };
+                let ws = poisoned(&arena, wsz.forward_f32);
+                emu.run(&k::ctc_forward(dtype, &shape, &bufs, zero_infinity, ptr(&ws))?)?;
+                close(&format!("{what}: nll"), &f32s(&nll), &nll_z, (1e-5, 1e-5));
+                let out = zeros(&arena, &[], dtype);
+                emu.run(&k::ctc_mean(dtype, batch, ptr(&nll), ptr(&tl_d), ptr(&out))?)?;
+                let (atol, rtol) = tol(dtype);
+                close(&format!("{what}: loss"), &f32s(&out), &f32s(&loss), (atol, rtol.max(1e-5)));
+                // Backward from the kernel's own nll, as the backend chains them.
+                let gl = tensor(&arena, &[], &[g], dtype);
+                let grad = tensor(&arena, &[frames, batch, classes], &vec![f32::NAN; frames * batch * classes], dtype);
+                let (ws, chain) = (poisoned(&arena, wsz.backward_f32), ints(&arena, &vec![-7; wsz.backward_i32]));
+                emu.run(&k::ctc_backward(dtype, &shape, &bufs, ptr(&gl), ptr(&grad), ptr(&ws), ptr(&chain))?)?;
+                close(&format!("{what}: grad"), &f32s(&grad), &grad_want, (atol.max(1e-6), rtol.max(1e-4)));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn ctc_loss_and_gradient_match_the_cpu() -> Result<()> {
+    run_ctc(&small_ctc(), &DTYPES, 21)
+}
+
+#[test]
+fn ctc_with_more_states_than_threads_matches_the_cpu() -> Result<()> {
+    run_ctc(&long_ctc(), &[DType::F32, DType::BF16], 22)
+}
+
+#[test]
+fn ctc_workspace_is_what_the_cpu_op_declares() -> Result<()> {
+    // The CPU op's Workspace requests (forward, then backward's two), from
+    // the arena's trace, against ctc_workspace.
+    for case in [small_ctc(), long_ctc()] {
+        let arena = Arena::host();
+        let (frames, batch, classes) = (case.frames, case.batch(), case.classes);
+        let lp = tensor(
+            &arena,
+            &[frames, batch, classes],
+            &vec![-(classes as f32).ln(); frames * batch * classes],
+            DType::F32,
+        )
+        .requires_grad();
+        let targets = Tensor::from_slice(&arena, &[batch, case.s_max], &case.padded(), Tag::Data)?;
+        arena.set_tracing(true);
+        let loss = lp.ctc_loss(&targets, &case.input_lengths, &case.target_lengths(), 0, true)?;
+        backward_with(&loss, tensor(&arena, &[], &[1.0], DType::F32))?;
+        let got: Vec<usize> = arena
+            .take_trace()
+            .iter()
+            .filter(|e| e.tag == Some(Tag::Workspace) && e.kind == TraceKind::Alloc)
+            .map(|e| e.requested)
+            .collect();
+        let w = k::ctc_workspace(&case.shape());
+        assert_eq!(got, vec![4 * w.forward_f32, 4 * w.backward_f32, 4 * w.backward_i32], "S {}", case.s_max);
     }
     Ok(())
 }

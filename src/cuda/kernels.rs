@@ -154,6 +154,7 @@ const fn spec(kernel: &'static str, file: &'static str, block: u32, grid: Grid, 
 const EW: &str = "elementwise.cu";
 const RD: &str = "reduce.cu";
 const LSTM: &str = "lstm.cu";
+const CTC: &str = "ctc.cu";
 const PAIRS: Grid = Grid::Elements { per_thread: 2 };
 const ONE: Grid = Grid::Elements { per_thread: 1 };
 // Rows up to 8192 columns stay in shared memory (32 KiB).
@@ -197,12 +198,23 @@ pub const LAUNCH: &[LaunchSpec] = &[
     spec("log_softmax_grad_f32", RD, 256, Grid::Rows, Smem::None),
     spec("log_softmax_grad_f16", RD, 256, Grid::Rows, Smem::None),
     spec("log_softmax_grad_bf16", RD, 256, Grid::Rows, Smem::None),
+    // Sequence and vision ops: LSTM cell, CTC, pooling, convolution tiles.
     spec("lstm_cell_f32", LSTM, 256, ONE, Smem::None),
     spec("lstm_cell_f16", LSTM, 256, ONE, Smem::None),
     spec("lstm_cell_bf16", LSTM, 256, ONE, Smem::None),
     spec("lstm_cell_grad_f32", LSTM, 256, ONE, Smem::None),
     spec("lstm_cell_grad_f16", LSTM, 256, ONE, Smem::None),
     spec("lstm_cell_grad_bf16", LSTM, 256, ONE, Smem::None),
+    // One block per sample, threads over the 2S+1 states (striding past 256).
+    spec("ctc_forward_f32", CTC, 256, Grid::Rows, Smem::None),
+    spec("ctc_forward_f16", CTC, 256, Grid::Rows, Smem::None),
+    spec("ctc_forward_bf16", CTC, 256, Grid::Rows, Smem::None),
+    spec("ctc_mean_f32", CTC, 256, Grid::Rows, Smem::None),
+    spec("ctc_mean_f16", CTC, 256, Grid::Rows, Smem::None),
+    spec("ctc_mean_bf16", CTC, 256, Grid::Rows, Smem::None),
+    spec("ctc_backward_f32", CTC, 256, Grid::Rows, Smem::None),
+    spec("ctc_backward_f16", CTC, 256, Grid::Rows, Smem::None),
+    spec("ctc_backward_bf16", CTC, 256, Grid::Rows, Smem::None),
 ];
 
 /// The table entry for `kernel`.
@@ -522,4 +534,146 @@ pub fn lstm_cell_grad(dtype: DType, batch: usize, hidden: usize, b: &LstmCellGra
         h,
     ];
     s.elements(batch * hidden, args)
+}
+
+// ---- CTC loss ----------------------------------------------------------------------
+
+/// Sizes of one CTC loss: log_probs `[frames, batch, classes]`, padded
+/// targets `[batch, s_max]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CtcShape {
+    pub frames: usize,
+    pub batch: usize,
+    pub classes: usize,
+    pub s_max: usize,
+    pub blank: usize,
+}
+
+/// Device buffers of one CTC loss, all dense: `log_probs` in the compute
+/// dtype; `targets` `[B, S]`, `input_lengths` and `target_lengths` `[B]`
+/// i32 (checked by the op: lengths within the shape, labels in `[0, C)` and
+/// not blank); `nll` `[B]` f32, written by the forward, read by the rest.
+#[derive(Clone, Copy, Debug)]
+pub struct CtcBuffers {
+    pub log_probs: u64,
+    pub targets: u64,
+    pub input_lengths: u64,
+    pub target_lengths: u64,
+    pub nll: u64,
+}
+
+/// CTC workspace in elements, exactly what the CPU op (src/ops/ctc.rs)
+/// asks the arena for, with L = 2·s_max + 1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CtcWorkspace {
+    /// Forward: two alpha rows per sample, `B·2·L` f32.
+    pub forward_f32: usize,
+    /// Backward: alpha and beta of every frame, `B·2·T·L` f32.
+    pub backward_f32: usize,
+    /// Backward: label chains, `B·2·max(S, 1)` i32.
+    pub backward_i32: usize,
+}
+
+/// The workspace [`ctc_forward`] and [`ctc_backward`] take.
+pub fn ctc_workspace(p: &CtcShape) -> CtcWorkspace {
+    let ext = 2 * p.s_max + 1;
+    CtcWorkspace {
+        forward_f32: p.batch * 2 * ext,
+        backward_f32: p.batch * 2 * p.frames * ext,
+        backward_i32: p.batch * 2 * p.s_max.max(1),
+    }
+}
+
+impl CtcShape {
+    fn args(&self, kernel: &str) -> Result<[KernelArg; 5]> {
+        let what = format!(
+            "CTC over log_probs [{}, {}, {}] and targets [{}, {}]",
+            self.frames, self.batch, self.classes, self.batch, self.s_max
+        );
+        if self.blank >= self.classes {
+            return Err(Error::cuda(kernel, format!("{what}: blank {} is not a class", self.blank)));
+        }
+        let v = int32(
+            kernel,
+            &what,
+            &[
+                ("frames", self.frames),
+                ("batch", self.batch),
+                ("classes", self.classes),
+                ("s_max", self.s_max),
+                ("blank", self.blank),
+                ("2·s_max + 1", 2 * self.s_max + 1),
+            ],
+        )?;
+        Ok([v[0], v[1], v[2], v[3], v[4]].map(KernelArg::I32))
+    }
+}
+
+/// Each sample's −log p into `nll` (0 for an impossible one when
+/// `zero_infinity`, else +∞); `ws` holds `ctc_workspace(p).forward_f32`.
+/// One block per sample. Follow with [`ctc_mean`].
+pub fn ctc_forward(dtype: DType, p: &CtcShape, b: &CtcBuffers, zero_infinity: bool, ws: u64) -> Result<Launch> {
+    let s = named("ctc_forward", dtype)?;
+    let [_, batch, classes, s_max, blank] = p.args(s.kernel)?;
+    let args = vec![
+        KernelArg::Ptr(b.log_probs),
+        KernelArg::Ptr(b.targets),
+        KernelArg::Ptr(b.input_lengths),
+        KernelArg::Ptr(b.target_lengths),
+        batch,
+        classes,
+        s_max,
+        blank,
+        KernelArg::I32(zero_infinity as i32),
+        KernelArg::Ptr(b.nll),
+        KernelArg::Ptr(ws),
+    ];
+    s.rows(p.batch, 2 * p.s_max + 1, args)
+}
+
+/// The loss `[]` (dtype): `Σ_b nll[b] / max(S_b, 1) / B`, one block.
+pub fn ctc_mean(dtype: DType, batch: usize, nll: u64, target_lengths: u64, loss: u64) -> Result<Launch> {
+    let s = named("ctc_mean", dtype)?;
+    let b = int32(s.kernel, "CTC mean", &[("batch", batch)])?[0];
+    if b == 0 {
+        return Err(Error::cuda(s.kernel, "a batch of 0 samples has no mean; skip the loss"));
+    }
+    let args = vec![KernelArg::Ptr(nll), KernelArg::Ptr(target_lengths), KernelArg::Ptr(loss), KernelArg::I32(b)];
+    s.rows(1, batch, args)
+}
+
+/// `grad` (log_probs' shape and dtype) `= −γ·g/(B·max(S_b, 1))`, the true
+/// derivative with respect to log_probs as src/ops/ctc.rs documents (not
+/// PyTorch's `exp(lp) − γ`), 0 past each input length and for a sample
+/// whose nll is not finite. `grad_loss` is the loss's incoming gradient (a
+/// device scalar of the dtype); `ws` and `chain` hold
+/// `ctc_workspace(p).backward_f32` f32 and `.backward_i32` i32.
+pub fn ctc_backward(
+    dtype: DType,
+    p: &CtcShape,
+    b: &CtcBuffers,
+    grad_loss: u64,
+    grad: u64,
+    ws: u64,
+    chain: u64,
+) -> Result<Launch> {
+    let s = named("ctc_backward", dtype)?;
+    let [frames, batch, classes, s_max, blank] = p.args(s.kernel)?;
+    let args = vec![
+        KernelArg::Ptr(b.log_probs),
+        KernelArg::Ptr(b.targets),
+        KernelArg::Ptr(b.input_lengths),
+        KernelArg::Ptr(b.target_lengths),
+        frames,
+        batch,
+        classes,
+        s_max,
+        blank,
+        KernelArg::Ptr(b.nll),
+        KernelArg::Ptr(grad_loss),
+        KernelArg::Ptr(grad),
+        KernelArg::Ptr(ws),
+        KernelArg::Ptr(chain),
+    ];
+    s.rows(p.batch, 2 * p.s_max + 1, args)
 }
