@@ -29,6 +29,7 @@ use headroom::alloc::TraceKind;
 use headroom::autograd::backward_with;
 use headroom::cpu::ctc::{self as cctc, Problem};
 use headroom::cpu::lstm::{self as clstm, Biases};
+use headroom::cpu::pool::{self as cpool, PoolGeom};
 use headroom::cuda::emulator::{Emulator, Order};
 use headroom::cuda::kernels::{self as k, CtcBuffers, CtcShape, LstmCell, LstmCellGrad};
 use headroom::rng::Rng;
@@ -72,6 +73,16 @@ fn close(what: &str, got: &[f32], want: &[f32], (atol, rtol): (f32, f32)) {
         .collect();
     if let Some(&i) = bad.first() {
         panic!("{what}: {} of {} differ; first at {i}: got {} want {}", bad.len(), got.len(), got[i], want[i]);
+    }
+}
+
+/// Bit-for-bit equality (NaN equal to NaN).
+fn same(what: &str, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    if let Some(i) =
+        (0..got.len()).find(|&i| got[i].to_bits() != want[i].to_bits() && !(got[i].is_nan() && want[i].is_nan()))
+    {
+        panic!("{what}: first difference at {i}: got {} want {}", got[i], want[i]);
     }
 }
 
@@ -395,6 +406,81 @@ fn ctc_workspace_is_what_the_cpu_op_declares() -> Result<()> {
             .collect();
         let w = k::ctc_workspace(&case.shape());
         assert_eq!(got, vec![4 * w.forward_f32, 4 * w.backward_f32, 4 * w.backward_i32], "S {}", case.s_max);
+    }
+    Ok(())
+}
+
+// ---- pooling -----------------------------------------------------------------------
+
+/// (input shape [B, C, spatial..], kernel, stride, padding).
+type PoolCase = (Vec<usize>, Vec<usize>, Vec<usize>, Vec<usize>);
+
+/// 1-, 2- and 3-d pools.
+fn pool_cases() -> Vec<PoolCase> {
+    vec![
+        (vec![2, 3, 29], vec![4], vec![3], vec![2]),
+        (vec![2, 3, 11, 9], vec![3, 2], vec![2, 1], vec![1, 1]),
+        (vec![1, 2, 5, 6, 7], vec![2, 3, 3], vec![1, 2, 2], vec![1, 1, 0]),
+    ]
+}
+
+fn pool_geom(shape: &[usize], kernel: &[usize], stride: &[usize], pad: &[usize]) -> PoolGeom {
+    let lift = |v: &[usize], fill: usize| {
+        let mut out = [fill; 3];
+        out[3 - v.len()..].copy_from_slice(v);
+        out
+    };
+    let sp = &shape[2..];
+    let small: Vec<usize> = (0..sp.len()).map(|d| (sp[d] + 2 * pad[d] - kernel[d]) / stride[d] + 1).collect();
+    PoolGeom {
+        big: lift(sp, 1),
+        small: lift(&small, 1),
+        k: lift(kernel, 1),
+        stride: lift(stride, 1),
+        pad: lift(pad, 0),
+    }
+}
+
+#[test]
+fn pools_forward_and_backward_match_the_cpu() -> Result<()> {
+    let arena = Arena::host();
+    let mut rng = Rng::new(31);
+    for (shape, kernel, stride, pad) in pool_cases() {
+        let g = pool_geom(&shape, &kernel, &stride, &pad);
+        let planes = shape[0] * shape[1];
+        let (nx, ny) = (planes * g.big_len(), planes * g.small_len());
+        for dtype in DTYPES {
+            // Quarter steps in [-2, 2]: ties, so the first-maximum rule counts; one NaN.
+            let mut xv: Vec<f32> = values(&mut rng, nx, -2.0, 2.0).iter().map(|v| (v * 4.0).round() / 4.0).collect();
+            xv[nx / 3] = f32::NAN;
+            let x = tensor(&arena, &[nx], &xv, dtype);
+            let dy = tensor(&arena, &[ny], &values(&mut rng, ny, -1.0, 1.0), dtype);
+            let (out_w, arg_w, avg_w) =
+                (zeros(&arena, &[ny], dtype), zeros(&arena, &[ny], DType::I32), zeros(&arena, &[ny], dtype));
+            let (dmax_w, davg_w) = (zeros(&arena, &[nx], dtype), zeros(&arena, &[nx], dtype));
+            with_float!("pool", dtype, |T| {
+                cpool::max_pool::<T>(x.data::<T>()?, &g, out_w.data_mut::<T>()?, arg_w.data_mut::<i32>()?);
+                cpool::max_pool_backward::<T>(dy.data::<T>()?, arg_w.data::<i32>()?, &g, dmax_w.data_mut::<T>()?);
+                cpool::avg_pool::<T>(x.data::<T>()?, &g, avg_w.data_mut::<T>()?);
+                cpool::avg_pool_backward::<T>(dy.data::<T>()?, &g, davg_w.data_mut::<T>()?)
+            });
+            for emu in both() {
+                let what = format!("pool {dtype} {shape:?} k {kernel:?} s {stride:?} p {pad:?} ({:?})", emu.order());
+                let (out, arg) = (zeros(&arena, &[ny], dtype), zeros(&arena, &[ny], DType::I32));
+                emu.run(&k::max_pool(dtype, &g, planes, ptr(&x), ptr(&out), ptr(&arg))?)?;
+                same(&format!("{what}: max"), &f32s(&out), &f32s(&out_w));
+                assert_eq!(arg.to_vec::<i32>()?, arg_w.to_vec::<i32>()?, "{what}: argmax");
+                let dx = zeros(&arena, &[nx], dtype);
+                emu.run(&k::max_pool_grad(dtype, &g, planes, ptr(&dy), ptr(&arg), ptr(&dx))?)?;
+                close(&format!("{what}: max backward"), &f32s(&dx), &f32s(&dmax_w), tol(dtype));
+                let avg = zeros(&arena, &[ny], dtype);
+                emu.run(&k::avg_pool(dtype, &g, planes, ptr(&x), ptr(&avg))?)?;
+                close(&format!("{what}: avg"), &f32s(&avg), &f32s(&avg_w), tol(dtype));
+                let dx = zeros(&arena, &[nx], dtype);
+                emu.run(&k::avg_pool_grad(dtype, &g, planes, ptr(&dy), ptr(&dx))?)?;
+                close(&format!("{what}: avg backward"), &f32s(&dx), &f32s(&davg_w), tol(dtype));
+            }
+        }
     }
     Ok(())
 }

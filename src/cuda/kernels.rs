@@ -5,6 +5,7 @@
 //! into a [`Launch`]. The resource tests read the same table, so what ptxas
 //! is checked against is what the launches do.
 
+use crate::cpu::pool::PoolGeom;
 use crate::error::{Error, Result};
 use crate::tensor::DType;
 use std::ffi::c_void;
@@ -28,6 +29,27 @@ const _: () = assert!(std::mem::size_of::<Broadcast>() == 152);
 // SAFETY: plain integers, repr(C), the same layout as the CUDA struct.
 unsafe impl cudarc::driver::DeviceRepr for Broadcast {}
 
+/// A sliding window's 3-d geometry (pools and convolutions; 1-d and 2-d are
+/// 3-d with size-1 dims), by value. Layout = `struct Window` in
+/// kernels/window.cuh (80 bytes). Build it with [`Window::pool`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window {
+    /// Channels of big and small (convolutions; 0 for the pools).
+    pub c: i32,
+    pub o: i32,
+    pub big: [i32; 3],
+    pub small: [i32; 3],
+    pub k: [i32; 3],
+    pub stride: [i32; 3],
+    pub pad: [i32; 3],
+    pub dil: [i32; 3],
+}
+const _: () = assert!(std::mem::size_of::<Window>() == 80);
+
+// SAFETY: plain integers, repr(C), the same layout as the CUDA struct.
+unsafe impl cudarc::driver::DeviceRepr for Window {}
+
 /// One kernel argument. The payload is stored at its natural alignment, and
 /// [`KernelArg::as_ptr`] points at it: `&[KernelArg]` → pointers is exactly
 /// cuLaunchKernel's `void** kernelParams` (and the harness's `hr_launch`).
@@ -42,6 +64,7 @@ pub enum KernelArg {
     F32(f32),
     F64(f64),
     Broadcast(Broadcast),
+    Window(Window),
 }
 
 impl KernelArg {
@@ -55,6 +78,7 @@ impl KernelArg {
             KernelArg::F32(v) => v as *const f32 as *mut c_void,
             KernelArg::F64(v) => v as *const f64 as *mut c_void,
             KernelArg::Broadcast(v) => v as *const Broadcast as *mut c_void,
+            KernelArg::Window(v) => v as *const Window as *mut c_void,
         }
     }
     /// Bytes of the value: what the kernel's parameter must take.
@@ -63,6 +87,7 @@ impl KernelArg {
             KernelArg::I32(_) | KernelArg::U32(_) | KernelArg::F32(_) => 4,
             KernelArg::Ptr(_) | KernelArg::U64(_) | KernelArg::I64(_) | KernelArg::F64(_) => 8,
             KernelArg::Broadcast(_) => std::mem::size_of::<Broadcast>(),
+            KernelArg::Window(_) => std::mem::size_of::<Window>(),
         }
     }
 }
@@ -81,6 +106,7 @@ unsafe impl<'a, 'b: 'a> cudarc::driver::PushKernelArg<&'b KernelArg> for cudarc:
             KernelArg::F32(v) => self.arg(v),
             KernelArg::F64(v) => self.arg(v),
             KernelArg::Broadcast(v) => self.arg(v),
+            KernelArg::Window(v) => self.arg(v),
         }
     }
 }
@@ -155,6 +181,7 @@ const EW: &str = "elementwise.cu";
 const RD: &str = "reduce.cu";
 const LSTM: &str = "lstm.cu";
 const CTC: &str = "ctc.cu";
+const POOL: &str = "pool.cu";
 const PAIRS: Grid = Grid::Elements { per_thread: 2 };
 const ONE: Grid = Grid::Elements { per_thread: 1 };
 // Rows up to 8192 columns stay in shared memory (32 KiB).
@@ -215,6 +242,18 @@ pub const LAUNCH: &[LaunchSpec] = &[
     spec("ctc_backward_f32", CTC, 256, Grid::Rows, Smem::None),
     spec("ctc_backward_f16", CTC, 256, Grid::Rows, Smem::None),
     spec("ctc_backward_bf16", CTC, 256, Grid::Rows, Smem::None),
+    spec("max_pool_f32", POOL, 256, ONE, Smem::None),
+    spec("max_pool_f16", POOL, 256, ONE, Smem::None),
+    spec("max_pool_bf16", POOL, 256, ONE, Smem::None),
+    spec("max_pool_grad_f32", POOL, 256, ONE, Smem::None),
+    spec("max_pool_grad_f16", POOL, 256, ONE, Smem::None),
+    spec("max_pool_grad_bf16", POOL, 256, ONE, Smem::None),
+    spec("avg_pool_f32", POOL, 256, ONE, Smem::None),
+    spec("avg_pool_f16", POOL, 256, ONE, Smem::None),
+    spec("avg_pool_bf16", POOL, 256, ONE, Smem::None),
+    spec("avg_pool_grad_f32", POOL, 256, ONE, Smem::None),
+    spec("avg_pool_grad_f16", POOL, 256, ONE, Smem::None),
+    spec("avg_pool_grad_bf16", POOL, 256, ONE, Smem::None),
 ];
 
 /// The table entry for `kernel`.
@@ -676,4 +715,54 @@ pub fn ctc_backward(
         KernelArg::Ptr(chain),
     ];
     s.rows(p.batch, 2 * p.s_max + 1, args)
+}
+
+// ---- pooling -----------------------------------------------------------------------
+
+impl Window {
+    /// A pool's geometry (dilation 1, no channels: planes are counted apart).
+    pub fn pool(kernel: &str, g: &PoolGeom) -> Result<Window> {
+        let what = format!("pool of {:?} -> {:?}, kernel {:?}", g.big, g.small, g.k);
+        int32(kernel, &what, &[("input plane", g.big_len()), ("output plane", g.small_len()), ("window", g.kvol())])?;
+        let v = |a: [usize; 3]| a.map(|x| x as i32);
+        Ok(Window {
+            c: 0,
+            o: 0,
+            big: v(g.big),
+            small: v(g.small),
+            k: v(g.k),
+            stride: v(g.stride),
+            pad: v(g.pad),
+            dil: [1; 3],
+        })
+    }
+}
+
+fn pool_launch(base: &str, dtype: DType, g: &PoolGeom, planes: usize, n: usize, ptrs: &[u64]) -> Result<Launch> {
+    let s = named(base, dtype)?;
+    let mut args: Vec<KernelArg> = ptrs.iter().map(|&p| KernelArg::Ptr(p)).collect();
+    args.extend([len_arg(planes), KernelArg::Window(Window::pool(s.kernel, g)?)]);
+    s.elements(n, args)
+}
+
+/// Max pool of `planes` dense planes (src/cpu/pool.rs `max_pool`): `out`
+/// and the i32 `arg` (flat index within the input plane of the first
+/// maximum) per output element.
+pub fn max_pool(dtype: DType, g: &PoolGeom, planes: usize, x: u64, out: u64, arg: u64) -> Result<Launch> {
+    pool_launch("max_pool", dtype, g, planes, planes * g.small_len(), &[x, out, arg])
+}
+
+/// `dx` from `dy` and the saved `arg`, gathered per input element.
+pub fn max_pool_grad(dtype: DType, g: &PoolGeom, planes: usize, dy: u64, arg: u64, dx: u64) -> Result<Launch> {
+    pool_launch("max_pool_grad", dtype, g, planes, planes * g.big_len(), &[dy, arg, dx])
+}
+
+/// Average pool (padding counted in the divisor).
+pub fn avg_pool(dtype: DType, g: &PoolGeom, planes: usize, x: u64, out: u64) -> Result<Launch> {
+    pool_launch("avg_pool", dtype, g, planes, planes * g.small_len(), &[x, out])
+}
+
+/// `dx` from `dy`, gathered per input element.
+pub fn avg_pool_grad(dtype: DType, g: &PoolGeom, planes: usize, dy: u64, dx: u64) -> Result<Launch> {
+    pool_launch("avg_pool_grad", dtype, g, planes, planes * g.big_len(), &[dy, dx])
 }
