@@ -1,7 +1,7 @@
 // Sliding-window geometry shared by pool.cu and conv.cu: one 3-d shape
 // (1-d and 2-d windows are 3-d with size-1 dims), as src/cpu/pool.rs and
-// src/cpu/conv.rs see it. Passed by value; layout = Window in
-// src/cuda/kernels.rs (size asserted on both sides).
+// src/cpu/conv.rs see it. Passed by value; layouts = Window and ConvTile in
+// src/cuda/kernels.rs (sizes asserted on both sides).
 #pragma once
 
 struct Window {
@@ -11,6 +11,14 @@ struct Window {
     int k[3], stride[3], pad[3], dil[3];
 };
 static_assert(sizeof(Window) == 80, "Window must match its Rust twin");
+
+// A tile of output positions p0 .. p0 + n of one sample, and the box of
+// input coordinates it can touch ([lo, lo + len) per dim; col2im's domain).
+struct ConvTile {
+    int p0, n;
+    int lo[3], len[3];
+};
+static_assert(sizeof(ConvTile) == 32, "ConvTile must match its Rust twin");
 
 __device__ __forceinline__ int win_big_len(const Window& g) { return g.big[0] * g.big[1] * g.big[2]; }
 __device__ __forceinline__ int win_small_len(const Window& g) { return g.small[0] * g.small[1] * g.small[2]; }

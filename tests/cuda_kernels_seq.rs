@@ -27,15 +27,17 @@
 
 use headroom::alloc::TraceKind;
 use headroom::autograd::backward_with;
+use headroom::cpu::conv::{self as cc, Geom, Pass, QUANTUM};
 use headroom::cpu::ctc::{self as cctc, Problem};
 use headroom::cpu::lstm::{self as clstm, Biases};
 use headroom::cpu::pool::{self as cpool, PoolGeom};
 use headroom::cuda::emulator::{Emulator, Order};
-use headroom::cuda::kernels::{self as k, CtcBuffers, CtcShape, LstmCell, LstmCellGrad};
+use headroom::cuda::kernels::{self as k, CtcBuffers, CtcShape, LstmCell, LstmCellGrad, Mat};
 use headroom::rng::Rng;
 use headroom::with_float;
 use headroom::{Arena, DType, Result, Tag, Tensor};
 use std::sync::OnceLock;
+use std::time::Instant;
 
 const DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
 
@@ -483,4 +485,330 @@ fn pools_forward_and_backward_match_the_cpu() -> Result<()> {
         }
     }
     Ok(())
+}
+
+// ---- convolution tiles -------------------------------------------------------------
+
+/// 1-, 2- and 3-d geometries with stride, padding and dilation.
+fn conv_geoms() -> Vec<Geom> {
+    let geom = |c, big: [usize; 3], o, k: [usize; 3], stride: [usize; 3], pad: [usize; 3], dil: [usize; 3]| {
+        let small = [0, 1, 2].map(|d| (big[d] + 2 * pad[d] - dil[d] * (k[d] - 1) - 1) / stride[d] + 1);
+        Geom { c, big, o, small, k, stride, pad, dil }
+    };
+    vec![
+        geom(2, [1, 1, 23], 3, [1, 1, 3], [1, 1, 2], [0, 0, 1], [1, 1, 2]),
+        geom(3, [1, 7, 9], 4, [1, 3, 2], [1, 2, 1], [0, 1, 1], [1, 1, 2]),
+        geom(2, [4, 5, 6], 3, [2, 3, 2], [1, 2, 1], [1, 1, 0], [2, 1, 1]),
+    ]
+}
+
+/// Tiles of 7 positions (crossing output rows, a short last one) and the whole sample.
+fn tiles(p: usize) -> Vec<(usize, usize)> {
+    let mut t: Vec<(usize, usize)> = (0..p).step_by(7).map(|p0| (p0, 7.min(p - p0))).collect();
+    t.push((0, p));
+    t
+}
+
+#[test]
+fn im2col_and_col2im_tiles_match_the_cpu_core_bit_for_bit() -> Result<()> {
+    let arena = Arena::host();
+    let mut rng = Rng::new(41);
+    for g in conv_geoms() {
+        let (kd, p, blen) = (g.kdim(), g.small_len(), g.big_len());
+        for dtype in DTYPES {
+            let x = tensor(&arena, &[g.c * blen], &values(&mut rng, g.c * blen, -2.0, 2.0), dtype);
+            for (p0, n) in tiles(p) {
+                let mut want = vec![0f32; kd * n];
+                with_float!("im2col", dtype, |T| cc::im2col::<T>(&g, x.data::<T>()?, p0, n, &mut want));
+                // col2im (f32 only): into a random accumulator.
+                let col = values(&mut rng, kd * n, -1.0, 1.0);
+                let acc0 = values(&mut rng, g.c * blen, -1.0, 1.0);
+                let mut acc_want = acc0.clone();
+                cc::col2im(&g, &col, p0, n, &mut acc_want);
+                for emu in both() {
+                    let what = format!("conv {:?} k {:?} {dtype} tile {p0}+{n} ({:?})", g.big, g.k, emu.order());
+                    let got = poisoned(&arena, kd * n);
+                    emu.run(&k::im2col(dtype, &g, ptr(&x), p0, n, ptr(&got))?)?;
+                    same(&format!("{what}: im2col"), &f32s(&got), &want);
+                    if dtype == DType::F32 {
+                        let colt = tensor(&arena, &[kd * n], &col, DType::F32);
+                        let acc = tensor(&arena, &[g.c * blen], &acc0, DType::F32);
+                        emu.run(&k::col2im(&g, ptr(&colt), p0, n, ptr(&acc))?)?;
+                        same(&format!("{what}: col2im"), &f32s(&acc), &acc_want);
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `C (+)= A·B` on the host over "device" f32 memory (the emulator's device
+/// pointers are host addresses): what cuBLAS does between the launches.
+/// Operands: (address, row stride, column stride) in elements.
+fn host_gemm(
+    m: usize,
+    kk: usize,
+    n: usize,
+    a: (u64, usize, usize),
+    b: (u64, usize, usize),
+    c: (u64, usize),
+    add: bool,
+) {
+    let at = |p: (u64, usize, usize), i: usize, j: usize| {
+        // SAFETY: the test allocated these buffers; indices stay within the operand.
+        unsafe { *(p.0 as *const f32).add(i * p.1 + j * p.2) }
+    };
+    for i in 0..m {
+        for j in 0..n {
+            let mut s = 0f32;
+            for q in 0..kk {
+                s += at(a, i, q) * at(b, q, j);
+            }
+            // SAFETY: as above; nothing else touches the buffer meanwhile.
+            let dst = unsafe { &mut *(c.0 as *mut f32).add(i * c.1 + j) };
+            *dst = if add { *dst + s } else { s };
+        }
+    }
+}
+
+/// Zero `elems` f32 at a "device" address (cuMemsetD32 on the GPU).
+fn memset0(at: u64, elems: usize) {
+    // SAFETY: the test allocated the buffer; nothing else touches it meanwhile.
+    unsafe { std::slice::from_raw_parts_mut(at as *mut f32, elems) }.fill(0.0);
+}
+
+#[test]
+fn conv2d_forward_and_backward_chained_from_the_tile_kernels_match_the_cpu() -> Result<()> {
+    let arena = Arena::host();
+    let mut rng = Rng::new(42);
+    // 12 × 13 outputs = 156 positions: with the smallest workspace, tiles of
+    // 64, 64 and 28 (so three tiles per sample and a short one).
+    let (batch, c, o, hw, kk) = (2, 3, 4, [12, 13], [3, 3]);
+    let g =
+        Geom { c, big: [1, 12, 13], o, small: [1, 12, 13], k: [1, 3, 3], stride: [1; 3], pad: [0, 1, 1], dil: [1; 3] };
+    let (kd, p, blen) = (g.kdim(), g.small_len(), g.big_len());
+    for dtype in DTYPES {
+        let h = usize::from(dtype != DType::F32);
+        let x = tensor(&arena, &[batch, c, hw[0], hw[1]], &values(&mut rng, batch * c * blen, -1.0, 1.0), dtype)
+            .requires_grad();
+        let w = tensor(&arena, &[o, c, kk[0], kk[1]], &values(&mut rng, o * kd, -0.5, 0.5), dtype).requires_grad();
+        let bias = tensor(&arena, &[o], &values(&mut rng, o, -0.5, 0.5), dtype).requires_grad();
+        let y_want = x.conv2d(&w, Some(&bias), [1, 1], [1, 1], [1, 1])?;
+        let dy = tensor(&arena, &[batch, o, hw[0], hw[1]], &values(&mut rng, batch * o * p, -1.0, 1.0), dtype);
+        backward_with(&y_want, dy.clone())?;
+        let (dx_want, dw_want, db_want) = (x.grad().unwrap(), w.grad().unwrap(), bias.grad().unwrap());
+        let (atol, rtol) = if dtype == DType::F32 { (1e-5, 1e-5) } else { tol(dtype) };
+        let f = |off: u64, elems: usize| off + 4 * elems as u64; // f32 offsets into a workspace
+        let tsz = dtype.size() as u64;
+        for emu in both() {
+            let what = format!("conv2d {dtype} ({:?})", emu.order());
+            // Forward: ws = [W widened (h·O·K) | col (K·tile) | out tile (h·O·tile)].
+            let (tile, elems) = cc::workspace(&g, Pass::Forward, dtype, 0);
+            assert_eq!(tile, QUANTUM);
+            let ws = poisoned(&arena, elems);
+            let (wf, col) = (ptr(&ws), f(ptr(&ws), h * o * kd));
+            let obuf = f(col, kd * tile);
+            let wmat = if h == 1 {
+                emu.run(&k::conv_tile_in(dtype, o, kd, Mat { ptr: ptr(&w), ld: kd }, Mat { ptr: wf, ld: kd })?)?;
+                wf
+            } else {
+                ptr(&w)
+            };
+            let y = zeros(&arena, &[batch, o, hw[0], hw[1]], dtype);
+            for b in 0..batch {
+                for p0 in (0..p).step_by(tile) {
+                    let n = tile.min(p - p0);
+                    emu.run(&k::im2col(dtype, &g, ptr(&x) + tsz * (b * c * blen) as u64, p0, n, col)?)?;
+                    let ytile = ptr(&y) + tsz * (b * o * p + p0) as u64;
+                    // f32: the GEMM writes y in place and the bias is added there.
+                    let (dst, ld) = if h == 1 { (obuf, n) } else { (ytile, p) };
+                    host_gemm(o, kd, n, (wmat, kd, 1), (col, n, 1), (dst, ld), false);
+                    let src = Mat { ptr: dst, ld };
+                    emu.run(&k::conv_tile_out(dtype, o, n, src, Mat { ptr: ytile, ld: p }, Some(ptr(&bias)))?)?;
+                }
+            }
+            close(&format!("{what}: forward"), &f32s(&y), &f32s(&y_want), (atol, rtol));
+
+            // dX: ws = [W widened | acc (h·C·big) | dcol (K·tile) | dy tile (h·O·tile)].
+            let (tile, elems) = cc::workspace(&g, Pass::Adjoint, dtype, 0);
+            let ws = poisoned(&arena, elems);
+            let wf = ptr(&ws);
+            let abuf = f(wf, h * o * kd);
+            let dcol = f(abuf, h * c * blen);
+            let sbuf = f(dcol, kd * tile);
+            let wmat = if h == 1 {
+                emu.run(&k::conv_tile_in(dtype, o, kd, Mat { ptr: ptr(&w), ld: kd }, Mat { ptr: wf, ld: kd })?)?;
+                wf
+            } else {
+                ptr(&w)
+            };
+            let dx = zeros(&arena, x.shape(), dtype);
+            for b in 0..batch {
+                let dxs = ptr(&dx) + tsz * (b * c * blen) as u64;
+                let acc = if h == 1 { abuf } else { dxs };
+                memset0(acc, c * blen);
+                for p0 in (0..p).step_by(tile) {
+                    let n = tile.min(p - p0);
+                    let dyt = ptr(&dy) + tsz * (b * o * p + p0) as u64;
+                    let s = if h == 1 {
+                        emu.run(&k::conv_tile_in(dtype, o, n, Mat { ptr: dyt, ld: p }, Mat { ptr: sbuf, ld: n })?)?;
+                        (sbuf, n, 1)
+                    } else {
+                        (dyt, p, 1)
+                    };
+                    host_gemm(kd, o, n, (wmat, 1, kd), s, (dcol, n), false);
+                    emu.run(&k::col2im(&g, dcol, p0, n, acc)?)?;
+                }
+                if h == 1 {
+                    let m = |p| Mat { ptr: p, ld: blen };
+                    emu.run(&k::conv_tile_out(dtype, c, blen, m(abuf), m(dxs), None)?)?;
+                }
+            }
+            close(&format!("{what}: dx"), &f32s(&dx), &f32s(&dx_want), (atol, rtol));
+
+            // dW: ws = [dW accumulator (h·O·K) | col (K·tile) | dy tile (h·O·tile)].
+            let (tile, elems) = cc::workspace(&g, Pass::WeightGrad, dtype, 0);
+            let ws = poisoned(&arena, elems);
+            let wacc = ptr(&ws);
+            let col = f(wacc, h * o * kd);
+            let sbuf = f(col, kd * tile);
+            let dw = zeros(&arena, w.shape(), dtype);
+            let acc = if h == 1 { wacc } else { ptr(&dw) };
+            memset0(acc, o * kd);
+            for b in 0..batch {
+                for p0 in (0..p).step_by(tile) {
+                    let n = tile.min(p - p0);
+                    emu.run(&k::im2col(dtype, &g, ptr(&x) + tsz * (b * c * blen) as u64, p0, n, col)?)?;
+                    let dyt = ptr(&dy) + tsz * (b * o * p + p0) as u64;
+                    let (s, ls) = if h == 1 {
+                        emu.run(&k::conv_tile_in(dtype, o, n, Mat { ptr: dyt, ld: p }, Mat { ptr: sbuf, ld: n })?)?;
+                        (sbuf, n)
+                    } else {
+                        (dyt, p)
+                    };
+                    // One GEMM per QUANTUM chunk, added in order (the CPU's reduction grid).
+                    for j0 in (0..n).step_by(QUANTUM) {
+                        let q = QUANTUM.min(n - j0);
+                        host_gemm(o, q, kd, (s + 4 * j0 as u64, ls, 1), (col + 4 * j0 as u64, 1, n), (acc, kd), true);
+                    }
+                }
+            }
+            if h == 1 {
+                emu.run(&k::conv_tile_out(
+                    dtype,
+                    o,
+                    kd,
+                    Mat { ptr: wacc, ld: kd },
+                    Mat { ptr: ptr(&dw), ld: kd },
+                    None,
+                )?)?;
+            }
+            close(&format!("{what}: dw"), &f32s(&dw), &f32s(&dw_want), (atol.max(1e-4), rtol));
+
+            let db = tensor(&arena, &[o], &[f32::NAN; 4], dtype);
+            emu.run(&k::conv_bias_grad(dtype, ptr(&dy), ptr(&db), batch, o, p)?)?;
+            close(&format!("{what}: db"), &f32s(&db), &f32s(&db_want), (atol.max(1e-5), rtol));
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn bad_launches_are_errors_naming_the_kernel() {
+    let g = conv_geoms()[1];
+    let e = k::im2col(DType::F32, &g, 0, 30, 7, 0).unwrap_err().to_string();
+    assert!(e.contains("im2col_f32") && e.contains("30..37") && e.contains("36 output positions"), "{e}");
+    let shape = CtcShape { frames: 3, batch: 2, classes: 4, s_max: 2, blank: 4 };
+    let bufs = CtcBuffers { log_probs: 0, targets: 0, input_lengths: 0, target_lengths: 0, nll: 0 };
+    let e = k::ctc_forward(DType::F16, &shape, &bufs, false, 0).unwrap_err().to_string();
+    assert!(e.contains("ctc_forward_f16") && e.contains("blank 4") && e.contains("[3, 2, 4]"), "{e}");
+    let e = k::ctc_mean(DType::F32, 0, 0, 0, 0).unwrap_err().to_string();
+    assert!(e.contains("ctc_mean_f32") && e.contains("0 samples"), "{e}");
+    let e = k::lstm_cell(
+        DType::I32,
+        1,
+        1,
+        &LstmCell { gates: 0, gh: None, b_ih: None, b_hh: None, c: 0, h_out: 0, c_out: 0 },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("lstm_cell") && e.contains("i32"), "{e}");
+    let e = k::lstm_cell(
+        DType::F32,
+        1,
+        1 << 29,
+        &LstmCell { gates: 0, gh: None, b_ih: None, b_hh: None, c: 0, h_out: 0, c_out: 0 },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("lstm_cell_f32") && e.contains("4·hidden"), "{e}");
+}
+
+#[test]
+fn emulator_timings() {
+    // Figures for the report: the harness's cost for one launch of each family.
+    let arena = Arena::host();
+    let mut rng = Rng::new(51);
+    let (b, hd) = (16, 256);
+    let gates = tensor(&arena, &[b, 4 * hd], &values(&mut rng, b * 4 * hd, -1.0, 1.0), DType::F16);
+    let st = zeros(&arena, &[b, hd], DType::F16);
+    let bufs = LstmCell {
+        gates: ptr(&gates),
+        gh: None,
+        b_ih: None,
+        b_hh: None,
+        c: ptr(&st),
+        h_out: ptr(&st),
+        c_out: ptr(&st),
+    };
+    let lstm = k::lstm_cell(DType::F16, b, hd, &bufs).unwrap();
+    let case = small_ctc();
+    let (frames, batch, classes, s_max) = (case.frames, case.batch(), case.classes, case.s_max);
+    let lp = tensor(&arena, &[frames, batch, classes], &vec![-2.0; frames * batch * classes], DType::F16);
+    let targets = Tensor::from_slice(&arena, &[batch, s_max], &case.padded(), Tag::Data).unwrap();
+    let il: Vec<i32> = case.input_lengths.iter().map(|&v| v as i32).collect();
+    let tl: Vec<i32> = case.target_lengths().iter().map(|&v| v as i32).collect();
+    let (il, tl) = (ints(&arena, &il), ints(&arena, &tl));
+    let nll = zeros(&arena, &[batch], DType::F32);
+    let cbufs = CtcBuffers {
+        log_probs: ptr(&lp),
+        targets: ptr(&targets),
+        input_lengths: ptr(&il),
+        target_lengths: ptr(&tl),
+        nll: ptr(&nll),
+    };
+    let wsz = k::ctc_workspace(&case.shape());
+    let (ws, chain, gl, grad) = (
+        zeros(&arena, &[wsz.backward_f32], DType::F32),
+        zeros(&arena, &[wsz.backward_i32], DType::I32),
+        tensor(&arena, &[], &[1.0], DType::F16),
+        zeros(&arena, lp.shape(), DType::F16),
+    );
+    let ctc_f = k::ctc_forward(DType::F16, &case.shape(), &cbufs, false, ptr(&ws)).unwrap();
+    let ctc_b =
+        k::ctc_backward(DType::F16, &case.shape(), &cbufs, ptr(&gl), ptr(&grad), ptr(&ws), ptr(&chain)).unwrap();
+    let g = pool_geom(&[4, 8, 32, 32], &[3, 3], &[2, 2], &[1, 1]);
+    let x = tensor(&arena, &[32 * 32 * 32], &values(&mut rng, 32 * 32 * 32, -1.0, 1.0), DType::F16);
+    let (out, arg) =
+        (zeros(&arena, &[32 * g.small_len()], DType::F16), zeros(&arena, &[32 * g.small_len()], DType::I32));
+    let pool = k::max_pool(DType::F16, &g, 32, ptr(&x), ptr(&out), ptr(&arg)).unwrap();
+    let cg = conv_geoms()[1];
+    let col = zeros(&arena, &[cg.kdim() * cg.small_len()], DType::F32);
+    let im = k::im2col(DType::F16, &cg, ptr(&x), 0, cg.small_len(), ptr(&col)).unwrap();
+    let acc = zeros(&arena, &[cg.c * cg.big_len()], DType::F32);
+    let c2i = k::col2im(&cg, ptr(&col), 0, cg.small_len(), ptr(&acc)).unwrap();
+    for (name, l) in [
+        ("lstm_cell f16 [16, 256]", &lstm),
+        ("ctc_forward f16 small batch", &ctc_f),
+        ("ctc_backward f16 small batch", &ctc_b),
+        ("max_pool f16 [4, 8, 32, 32] k3 s2", &pool),
+        ("im2col f16 2-d, 36 positions", &im),
+        ("col2im 2-d, 36 positions", &c2i),
+    ] {
+        let t = Instant::now();
+        emulator().run(l).unwrap();
+        let s = t.elapsed().as_secs_f64();
+        println!("emulator: {name}: {} blocks × {} threads in {:.1} ms", l.grid[0], l.block[0], s * 1e3);
+    }
 }

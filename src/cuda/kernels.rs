@@ -5,6 +5,7 @@
 //! into a [`Launch`]. The resource tests read the same table, so what ptxas
 //! is checked against is what the launches do.
 
+use crate::cpu::conv::Geom;
 use crate::cpu::pool::PoolGeom;
 use crate::error::{Error, Result};
 use crate::tensor::DType;
@@ -31,7 +32,8 @@ unsafe impl cudarc::driver::DeviceRepr for Broadcast {}
 
 /// A sliding window's 3-d geometry (pools and convolutions; 1-d and 2-d are
 /// 3-d with size-1 dims), by value. Layout = `struct Window` in
-/// kernels/window.cuh (80 bytes). Build it with [`Window::pool`].
+/// kernels/window.cuh (80 bytes). Build it with [`Window::pool`] or
+/// [`Window::conv`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Window {
@@ -47,8 +49,22 @@ pub struct Window {
 }
 const _: () = assert!(std::mem::size_of::<Window>() == 80);
 
-// SAFETY: plain integers, repr(C), the same layout as the CUDA struct.
+/// Output positions `p0 .. p0 + n` of one sample and the box of input
+/// coordinates they reach (`lo .. lo + len` per dim), by value. Layout =
+/// `struct ConvTile` in kernels/window.cuh (32 bytes). Build it with [`ConvTile::new`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvTile {
+    pub p0: i32,
+    pub n: i32,
+    pub lo: [i32; 3],
+    pub len: [i32; 3],
+}
+const _: () = assert!(std::mem::size_of::<ConvTile>() == 32);
+
+// SAFETY: plain integers, repr(C), the same layouts as the CUDA structs.
 unsafe impl cudarc::driver::DeviceRepr for Window {}
+unsafe impl cudarc::driver::DeviceRepr for ConvTile {}
 
 /// One kernel argument. The payload is stored at its natural alignment, and
 /// [`KernelArg::as_ptr`] points at it: `&[KernelArg]` → pointers is exactly
@@ -65,6 +81,7 @@ pub enum KernelArg {
     F64(f64),
     Broadcast(Broadcast),
     Window(Window),
+    ConvTile(ConvTile),
 }
 
 impl KernelArg {
@@ -79,6 +96,7 @@ impl KernelArg {
             KernelArg::F64(v) => v as *const f64 as *mut c_void,
             KernelArg::Broadcast(v) => v as *const Broadcast as *mut c_void,
             KernelArg::Window(v) => v as *const Window as *mut c_void,
+            KernelArg::ConvTile(v) => v as *const ConvTile as *mut c_void,
         }
     }
     /// Bytes of the value: what the kernel's parameter must take.
@@ -88,6 +106,7 @@ impl KernelArg {
             KernelArg::Ptr(_) | KernelArg::U64(_) | KernelArg::I64(_) | KernelArg::F64(_) => 8,
             KernelArg::Broadcast(_) => std::mem::size_of::<Broadcast>(),
             KernelArg::Window(_) => std::mem::size_of::<Window>(),
+            KernelArg::ConvTile(_) => std::mem::size_of::<ConvTile>(),
         }
     }
 }
@@ -107,6 +126,7 @@ unsafe impl<'a, 'b: 'a> cudarc::driver::PushKernelArg<&'b KernelArg> for cudarc:
             KernelArg::F64(v) => self.arg(v),
             KernelArg::Broadcast(v) => self.arg(v),
             KernelArg::Window(v) => self.arg(v),
+            KernelArg::ConvTile(v) => self.arg(v),
         }
     }
 }
@@ -182,6 +202,7 @@ const RD: &str = "reduce.cu";
 const LSTM: &str = "lstm.cu";
 const CTC: &str = "ctc.cu";
 const POOL: &str = "pool.cu";
+const CONV: &str = "conv.cu";
 const PAIRS: Grid = Grid::Elements { per_thread: 2 };
 const ONE: Grid = Grid::Elements { per_thread: 1 };
 // Rows up to 8192 columns stay in shared memory (32 KiB).
@@ -254,6 +275,19 @@ pub const LAUNCH: &[LaunchSpec] = &[
     spec("avg_pool_grad_f32", POOL, 256, ONE, Smem::None),
     spec("avg_pool_grad_f16", POOL, 256, ONE, Smem::None),
     spec("avg_pool_grad_bf16", POOL, 256, ONE, Smem::None),
+    spec("im2col_f32", CONV, 256, ONE, Smem::None),
+    spec("im2col_f16", CONV, 256, ONE, Smem::None),
+    spec("im2col_bf16", CONV, 256, ONE, Smem::None),
+    spec("col2im_f32", CONV, 256, ONE, Smem::None),
+    spec("conv_tile_in_f32", CONV, 256, ONE, Smem::None),
+    spec("conv_tile_in_f16", CONV, 256, ONE, Smem::None),
+    spec("conv_tile_in_bf16", CONV, 256, ONE, Smem::None),
+    spec("conv_tile_out_f32", CONV, 256, ONE, Smem::None),
+    spec("conv_tile_out_f16", CONV, 256, ONE, Smem::None),
+    spec("conv_tile_out_bf16", CONV, 256, ONE, Smem::None),
+    spec("conv_bias_grad_f32", CONV, 256, Grid::Rows, Smem::None),
+    spec("conv_bias_grad_f16", CONV, 256, Grid::Rows, Smem::None),
+    spec("conv_bias_grad_bf16", CONV, 256, Grid::Rows, Smem::None),
 ];
 
 /// The table entry for `kernel`.
@@ -765,4 +799,137 @@ pub fn avg_pool(dtype: DType, g: &PoolGeom, planes: usize, x: u64, out: u64) -> 
 /// `dx` from `dy`, gathered per input element.
 pub fn avg_pool_grad(dtype: DType, g: &PoolGeom, planes: usize, dy: u64, dx: u64) -> Result<Launch> {
     pool_launch("avg_pool_grad", dtype, g, planes, planes * g.big_len(), &[dy, dx])
+}
+
+// ---- convolution tiles -------------------------------------------------------------
+
+impl Window {
+    /// A convolution's geometry (src/cpu/conv.rs `Geom`).
+    pub fn conv(kernel: &str, g: &Geom) -> Result<Window> {
+        let what = format!("conv of [{}, {:?}] <-> [{}, {:?}], kernel {:?}", g.c, g.big, g.o, g.small, g.k);
+        int32(
+            kernel,
+            &what,
+            &[("input plane", g.big_len()), ("output positions", g.small_len()), ("K", g.kdim()), ("O", g.o)],
+        )?;
+        let v = |a: [usize; 3]| a.map(|x| x as i32);
+        Ok(Window {
+            c: g.c as i32,
+            o: g.o as i32,
+            big: v(g.big),
+            small: v(g.small),
+            k: v(g.k),
+            stride: v(g.stride),
+            pad: v(g.pad),
+            dil: v(g.dil),
+        })
+    }
+}
+
+impl ConvTile {
+    /// Output positions `p0 .. p0 + n` of `g` and the input box they reach:
+    /// per dim, outer dims first, the output coordinates the tile spans
+    /// (all of them once an outer dim changes within the tile), mapped
+    /// through the window and clipped to the input.
+    pub fn new(kernel: &str, g: &Geom, p0: usize, n: usize) -> Result<ConvTile> {
+        let p = g.small_len();
+        if n == 0 || p0 + n > p {
+            return Err(Error::cuda(
+                kernel,
+                format!("tile of positions {p0}..{} outside the {p} output positions of {:?}", p0 + n, g.small),
+            ));
+        }
+        let what = format!("tile {p0}..{} of {:?}", p0 + n, g.small);
+        int32(kernel, &what, &[("p0 + n", p0 + n)])?;
+        let decode = |q: usize| [q / (g.small[1] * g.small[2]), q / g.small[2] % g.small[1], q % g.small[2]];
+        let (a, b) = (decode(p0), decode(p0 + n - 1));
+        let mut t = ConvTile { p0: p0 as i32, n: n as i32, lo: [0; 3], len: [0; 3] };
+        let mut whole = false;
+        for d in 0..3 {
+            let (o0, o1) = if whole { (0, g.small[d] - 1) } else { (a[d], b[d]) };
+            whole |= a[d] != b[d];
+            let first = (o0 * g.stride[d]) as i64 - g.pad[d] as i64;
+            let last = (o1 * g.stride[d] + (g.k[d] - 1) * g.dil[d]) as i64 - g.pad[d] as i64;
+            let (lo, hi) = (first.max(0), last.min(g.big[d] as i64 - 1));
+            t.lo[d] = lo as i32;
+            t.len[d] = (hi - lo + 1).max(0) as i32;
+        }
+        Ok(t)
+    }
+
+    /// Input elements of one channel in the box.
+    pub fn box_len(&self) -> usize {
+        self.len.iter().map(|&l| l as usize).product()
+    }
+}
+
+/// `col` `[K, n]` f32 = the im2col of positions `p0 .. p0 + n` of one
+/// sample `x` `[C, big]` (src/cpu/conv.rs `im2col`, value for value).
+pub fn im2col(dtype: DType, g: &Geom, x: u64, p0: usize, n: usize, col: u64) -> Result<Launch> {
+    let s = named("im2col", dtype)?;
+    let (w, t) = (Window::conv(s.kernel, g)?, ConvTile::new(s.kernel, g, p0, n)?);
+    let args = vec![KernelArg::Ptr(x), KernelArg::Ptr(col), KernelArg::Window(w), KernelArg::ConvTile(t)];
+    s.elements(g.kdim() * n, args)
+}
+
+/// `acc` `[C, big]` f32 `+=` col2im of `col` `[K, n]` f32 for positions
+/// `p0 .. p0 + n` (src/cpu/conv.rs `col2im`: the same sums, bit for bit).
+/// One thread per input element of the tile's box; f32 for every storage
+/// type, as on the CPU.
+pub fn col2im(g: &Geom, col: u64, p0: usize, n: usize, acc: u64) -> Result<Launch> {
+    let s = spec_of("col2im_f32")?;
+    let (w, t) = (Window::conv(s.kernel, g)?, ConvTile::new(s.kernel, g, p0, n)?);
+    let args = vec![KernelArg::Ptr(col), KernelArg::Ptr(acc), KernelArg::Window(w), KernelArg::ConvTile(t)];
+    s.elements(g.c * t.box_len(), args)
+}
+
+/// A row-major matrix operand: address and row stride in elements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mat {
+    pub ptr: u64,
+    pub ld: usize,
+}
+
+/// `dst` f32 `[rows, n]` = `src` (dtype) widened: a tile of `small` as a
+/// GEMM operand (the CPU's `small_tile`), or the weight.
+pub fn conv_tile_in(dtype: DType, rows: usize, n: usize, src: Mat, dst: Mat) -> Result<Launch> {
+    let args = vec![
+        KernelArg::Ptr(src.ptr),
+        len_arg(src.ld),
+        KernelArg::Ptr(dst.ptr),
+        len_arg(dst.ld),
+        len_arg(rows),
+        len_arg(n),
+    ];
+    named("conv_tile_in", dtype)?.elements(rows * n, args)
+}
+
+/// `dst` (dtype) `[rows, n]` = `src` f32 `+ bias[row]`, rounded: a GEMM's
+/// f32 tile into the output (in place for f32 storage: `src` = `dst`).
+pub fn conv_tile_out(dtype: DType, rows: usize, n: usize, src: Mat, dst: Mat, bias: Option<u64>) -> Result<Launch> {
+    let args = vec![
+        KernelArg::Ptr(src.ptr),
+        len_arg(src.ld),
+        KernelArg::Ptr(dst.ptr),
+        len_arg(dst.ld),
+        len_arg(rows),
+        len_arg(n),
+        opt_ptr(bias),
+    ];
+    named("conv_tile_out", dtype)?.elements(rows * n, args)
+}
+
+/// The bias gradient `out[c] = Σ_b Σ_s dy[b, c, s]` of dense `dy`
+/// `[batch, channels, spatial]`: one block per channel, f32 tree sums.
+pub fn conv_bias_grad(
+    dtype: DType,
+    dy: u64,
+    out: u64,
+    batch: usize,
+    channels: usize,
+    spatial: usize,
+) -> Result<Launch> {
+    let s = named("conv_bias_grad", dtype)?;
+    let args = vec![KernelArg::Ptr(dy), KernelArg::Ptr(out), len_arg(batch), len_arg(channels), len_arg(spatial)];
+    s.rows(channels, batch * spatial, args)
 }
