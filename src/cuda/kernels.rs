@@ -5,6 +5,8 @@
 //! into a [`Launch`]. The resource tests read the same table, so what ptxas
 //! is checked against is what the launches do.
 
+use crate::cpu::conv::Geom;
+use crate::cpu::pool::PoolGeom;
 use crate::error::{Error, Result};
 use crate::tensor::DType;
 use std::ffi::c_void;
@@ -28,6 +30,42 @@ const _: () = assert!(std::mem::size_of::<Broadcast>() == 152);
 // SAFETY: plain integers, repr(C), the same layout as the CUDA struct.
 unsafe impl cudarc::driver::DeviceRepr for Broadcast {}
 
+/// A sliding window's 3-d geometry (pools and convolutions; 1-d and 2-d are
+/// 3-d with size-1 dims), by value. Layout = `struct Window` in
+/// kernels/window.cuh (80 bytes). Build it with [`Window::pool`] or
+/// [`Window::conv`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window {
+    /// Channels of big and small (convolutions; 0 for the pools).
+    pub c: i32,
+    pub o: i32,
+    pub big: [i32; 3],
+    pub small: [i32; 3],
+    pub k: [i32; 3],
+    pub stride: [i32; 3],
+    pub pad: [i32; 3],
+    pub dil: [i32; 3],
+}
+const _: () = assert!(std::mem::size_of::<Window>() == 80);
+
+/// Output positions `p0 .. p0 + n` of one sample and the box of input
+/// coordinates they reach (`lo .. lo + len` per dim), by value. Layout =
+/// `struct ConvTile` in kernels/window.cuh (32 bytes). Build it with [`ConvTile::new`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvTile {
+    pub p0: i32,
+    pub n: i32,
+    pub lo: [i32; 3],
+    pub len: [i32; 3],
+}
+const _: () = assert!(std::mem::size_of::<ConvTile>() == 32);
+
+// SAFETY: plain integers, repr(C), the same layouts as the CUDA structs.
+unsafe impl cudarc::driver::DeviceRepr for Window {}
+unsafe impl cudarc::driver::DeviceRepr for ConvTile {}
+
 /// One kernel argument. The payload is stored at its natural alignment, and
 /// [`KernelArg::as_ptr`] points at it: `&[KernelArg]` → pointers is exactly
 /// cuLaunchKernel's `void** kernelParams` (and the harness's `hr_launch`).
@@ -42,6 +80,8 @@ pub enum KernelArg {
     F32(f32),
     F64(f64),
     Broadcast(Broadcast),
+    Window(Window),
+    ConvTile(ConvTile),
 }
 
 impl KernelArg {
@@ -55,6 +95,8 @@ impl KernelArg {
             KernelArg::F32(v) => v as *const f32 as *mut c_void,
             KernelArg::F64(v) => v as *const f64 as *mut c_void,
             KernelArg::Broadcast(v) => v as *const Broadcast as *mut c_void,
+            KernelArg::Window(v) => v as *const Window as *mut c_void,
+            KernelArg::ConvTile(v) => v as *const ConvTile as *mut c_void,
         }
     }
     /// Bytes of the value: what the kernel's parameter must take.
@@ -63,6 +105,8 @@ impl KernelArg {
             KernelArg::I32(_) | KernelArg::U32(_) | KernelArg::F32(_) => 4,
             KernelArg::Ptr(_) | KernelArg::U64(_) | KernelArg::I64(_) | KernelArg::F64(_) => 8,
             KernelArg::Broadcast(_) => std::mem::size_of::<Broadcast>(),
+            KernelArg::Window(_) => std::mem::size_of::<Window>(),
+            KernelArg::ConvTile(_) => std::mem::size_of::<ConvTile>(),
         }
     }
 }
@@ -81,6 +125,8 @@ unsafe impl<'a, 'b: 'a> cudarc::driver::PushKernelArg<&'b KernelArg> for cudarc:
             KernelArg::F32(v) => self.arg(v),
             KernelArg::F64(v) => self.arg(v),
             KernelArg::Broadcast(v) => self.arg(v),
+            KernelArg::Window(v) => self.arg(v),
+            KernelArg::ConvTile(v) => self.arg(v),
         }
     }
 }
@@ -161,6 +207,10 @@ const fn spec(kernel: &'static str, file: &'static str, block: u32, grid: Grid, 
 
 const EW: &str = "elementwise.cu";
 const RD: &str = "reduce.cu";
+const LSTM: &str = "lstm.cu";
+const CTC: &str = "ctc.cu";
+const POOL: &str = "pool.cu";
+const CONV: &str = "conv.cu";
 const PAIRS: Grid = Grid::Elements { per_thread: 2 };
 const ONE: Grid = Grid::Elements { per_thread: 1 };
 // Rows up to 8192 columns stay in shared memory (32 KiB).
@@ -250,6 +300,48 @@ pub const LAUNCH: &[LaunchSpec] = &[
     spec("sum_squares_f16", OPT, 256, CHUNKS, Smem::None),
     spec("sum_squares_bf16", OPT, 256, CHUNKS, Smem::None),
     spec("grad_norm", OPT, 1024, Grid::Single, Smem::None),
+    // Sequence and vision ops: LSTM cell, CTC, pooling, convolution tiles.
+    spec("lstm_cell_f32", LSTM, 256, ONE, Smem::None),
+    spec("lstm_cell_f16", LSTM, 256, ONE, Smem::None),
+    spec("lstm_cell_bf16", LSTM, 256, ONE, Smem::None),
+    spec("lstm_cell_grad_f32", LSTM, 256, ONE, Smem::None),
+    spec("lstm_cell_grad_f16", LSTM, 256, ONE, Smem::None),
+    spec("lstm_cell_grad_bf16", LSTM, 256, ONE, Smem::None),
+    // One block per sample, threads over the 2S+1 states (striding past 256).
+    spec("ctc_forward_f32", CTC, 256, Grid::Rows, Smem::None),
+    spec("ctc_forward_f16", CTC, 256, Grid::Rows, Smem::None),
+    spec("ctc_forward_bf16", CTC, 256, Grid::Rows, Smem::None),
+    spec("ctc_mean_f32", CTC, 256, Grid::Rows, Smem::None),
+    spec("ctc_mean_f16", CTC, 256, Grid::Rows, Smem::None),
+    spec("ctc_mean_bf16", CTC, 256, Grid::Rows, Smem::None),
+    spec("ctc_backward_f32", CTC, 256, Grid::Rows, Smem::None),
+    spec("ctc_backward_f16", CTC, 256, Grid::Rows, Smem::None),
+    spec("ctc_backward_bf16", CTC, 256, Grid::Rows, Smem::None),
+    spec("max_pool_f32", POOL, 256, ONE, Smem::None),
+    spec("max_pool_f16", POOL, 256, ONE, Smem::None),
+    spec("max_pool_bf16", POOL, 256, ONE, Smem::None),
+    spec("max_pool_grad_f32", POOL, 256, ONE, Smem::None),
+    spec("max_pool_grad_f16", POOL, 256, ONE, Smem::None),
+    spec("max_pool_grad_bf16", POOL, 256, ONE, Smem::None),
+    spec("avg_pool_f32", POOL, 256, ONE, Smem::None),
+    spec("avg_pool_f16", POOL, 256, ONE, Smem::None),
+    spec("avg_pool_bf16", POOL, 256, ONE, Smem::None),
+    spec("avg_pool_grad_f32", POOL, 256, ONE, Smem::None),
+    spec("avg_pool_grad_f16", POOL, 256, ONE, Smem::None),
+    spec("avg_pool_grad_bf16", POOL, 256, ONE, Smem::None),
+    spec("im2col_f32", CONV, 256, ONE, Smem::None),
+    spec("im2col_f16", CONV, 256, ONE, Smem::None),
+    spec("im2col_bf16", CONV, 256, ONE, Smem::None),
+    spec("col2im_f32", CONV, 256, ONE, Smem::None),
+    spec("conv_tile_in_f32", CONV, 256, ONE, Smem::None),
+    spec("conv_tile_in_f16", CONV, 256, ONE, Smem::None),
+    spec("conv_tile_in_bf16", CONV, 256, ONE, Smem::None),
+    spec("conv_tile_out_f32", CONV, 256, ONE, Smem::None),
+    spec("conv_tile_out_f16", CONV, 256, ONE, Smem::None),
+    spec("conv_tile_out_bf16", CONV, 256, ONE, Smem::None),
+    spec("conv_bias_grad_f32", CONV, 256, Grid::Rows, Smem::None),
+    spec("conv_bias_grad_f16", CONV, 256, Grid::Rows, Smem::None),
+    spec("conv_bias_grad_bf16", CONV, 256, Grid::Rows, Smem::None),
 ];
 
 /// The table entry for `kernel`.
@@ -480,4 +572,429 @@ pub fn softmax(log: bool, dtype: DType, x: u64, y: u64, rows: usize, cols: usize
 pub fn softmax_grad(log: bool, dtype: DType, y: u64, dy: u64, dx: u64, rows: usize, cols: usize) -> Result<Launch> {
     let s = named(if log { "log_softmax_grad" } else { "softmax_grad" }, dtype)?;
     s.rows(rows, cols, vec![KernelArg::Ptr(y), KernelArg::Ptr(dy), KernelArg::Ptr(dx), len_arg(cols)])
+}
+
+fn opt_ptr(p: Option<u64>) -> KernelArg {
+    KernelArg::Ptr(p.unwrap_or(0)) // the kernels read null as "absent"
+}
+
+/// Each `(name, value)` as an i32, or an error naming the kernel: the
+/// kernels index within a plane, a row or a sample in 32 bits.
+fn int32(kernel: &str, what: &str, values: &[(&str, usize)]) -> Result<Vec<i32>> {
+    values
+        .iter()
+        .map(|&(name, v)| {
+            i32::try_from(v).map_err(|_| {
+                Error::cuda(
+                    kernel,
+                    format!("{what}: {name} = {v} exceeds 2^31 - 1, the kernel's 32-bit index; split the batch or the tensor"),
+                )
+            })
+        })
+        .collect()
+}
+
+// ---- LSTM cell ---------------------------------------------------------------------
+
+/// Device buffers of one LSTM cell step ([`lstm_cell`]): dense, one dtype,
+/// gates `[B, 4H]` (blocks i, f, g, o of H per row), states `[B, H]`.
+#[derive(Clone, Copy, Debug)]
+pub struct LstmCell {
+    /// In: x·W_ihᵀ (from cuBLAS). Out: the activated gates, as the CPU saves them.
+    pub gates: u64,
+    /// h·W_hhᵀ; None when the GEMMs already accumulated it into `gates`.
+    pub gh: Option<u64>,
+    /// `[4H]` each.
+    pub b_ih: Option<u64>,
+    pub b_hh: Option<u64>,
+    /// The previous cell state.
+    pub c: u64,
+    pub h_out: u64,
+    pub c_out: u64,
+}
+
+/// Device buffers of one LSTM cell's backward ([`lstm_cell_grad`]).
+#[derive(Clone, Copy, Debug)]
+pub struct LstmCellGrad {
+    /// The activated gates the forward wrote, `[B, 4H]`.
+    pub gates: u64,
+    /// The previous cell state `[B, H]`.
+    pub c: u64,
+    /// Gradients of h' and c' (None = 0).
+    pub dh: Option<u64>,
+    pub dc: Option<u64>,
+    /// Out: pre-activation gradients `[B, 4H]`.
+    pub dgates: u64,
+    /// Out, when wanted: the gradient of c `[B, H]`.
+    pub dc_prev: Option<u64>,
+}
+
+/// `hidden` as the kernels' i32, checked so that 4·hidden (a gate row) fits too.
+fn lstm_hidden(kernel: &str, batch: usize, hidden: usize) -> Result<KernelArg> {
+    int32(kernel, &format!("LSTM cell of batch {batch}, hidden {hidden}"), &[("4·hidden", 4 * hidden)])?;
+    Ok(KernelArg::I32(hidden as i32))
+}
+
+/// The cell's pointwise forward (src/cpu/lstm.rs `forward`): biases,
+/// nonlinearities, `c' = f·c + i·g`, `h' = o·tanh(c')`; one thread per
+/// element of `[batch, hidden]`.
+pub fn lstm_cell(dtype: DType, batch: usize, hidden: usize, b: &LstmCell) -> Result<Launch> {
+    let s = named("lstm_cell", dtype)?;
+    let h = lstm_hidden(s.kernel, batch, hidden)?;
+    let args = vec![
+        KernelArg::Ptr(b.gates),
+        opt_ptr(b.gh),
+        opt_ptr(b.b_ih),
+        opt_ptr(b.b_hh),
+        KernelArg::Ptr(b.c),
+        KernelArg::Ptr(b.h_out),
+        KernelArg::Ptr(b.c_out),
+        len_arg(batch),
+        h,
+    ];
+    s.elements(batch * hidden, args)
+}
+
+/// The cell's pointwise backward (src/cpu/lstm.rs `backward`): dgates and
+/// dc_prev from the saved gates and c; the weight and input gradients are
+/// cuBLAS GEMMs of dgates.
+pub fn lstm_cell_grad(dtype: DType, batch: usize, hidden: usize, b: &LstmCellGrad) -> Result<Launch> {
+    let s = named("lstm_cell_grad", dtype)?;
+    let h = lstm_hidden(s.kernel, batch, hidden)?;
+    let args = vec![
+        KernelArg::Ptr(b.gates),
+        KernelArg::Ptr(b.c),
+        opt_ptr(b.dh),
+        opt_ptr(b.dc),
+        KernelArg::Ptr(b.dgates),
+        opt_ptr(b.dc_prev),
+        len_arg(batch),
+        h,
+    ];
+    s.elements(batch * hidden, args)
+}
+
+// ---- CTC loss ----------------------------------------------------------------------
+
+/// Sizes of one CTC loss: log_probs `[frames, batch, classes]`, padded
+/// targets `[batch, s_max]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CtcShape {
+    pub frames: usize,
+    pub batch: usize,
+    pub classes: usize,
+    pub s_max: usize,
+    pub blank: usize,
+}
+
+/// Device buffers of one CTC loss, all dense: `log_probs` in the compute
+/// dtype; `targets` `[B, S]`, `input_lengths` and `target_lengths` `[B]`
+/// i32 (checked by the op: lengths within the shape, labels in `[0, C)` and
+/// not blank); `nll` `[B]` f32, written by the forward, read by the rest.
+#[derive(Clone, Copy, Debug)]
+pub struct CtcBuffers {
+    pub log_probs: u64,
+    pub targets: u64,
+    pub input_lengths: u64,
+    pub target_lengths: u64,
+    pub nll: u64,
+}
+
+/// CTC workspace in elements, exactly what the CPU op (src/ops/ctc.rs)
+/// asks the arena for, with L = 2·s_max + 1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CtcWorkspace {
+    /// Forward: two alpha rows per sample, `B·2·L` f32.
+    pub forward_f32: usize,
+    /// Backward: alpha and beta of every frame, `B·2·T·L` f32.
+    pub backward_f32: usize,
+    /// Backward: label chains, `B·2·max(S, 1)` i32.
+    pub backward_i32: usize,
+}
+
+/// The workspace [`ctc_forward`] and [`ctc_backward`] take.
+pub fn ctc_workspace(p: &CtcShape) -> CtcWorkspace {
+    let ext = 2 * p.s_max + 1;
+    CtcWorkspace {
+        forward_f32: p.batch * 2 * ext,
+        backward_f32: p.batch * 2 * p.frames * ext,
+        backward_i32: p.batch * 2 * p.s_max.max(1),
+    }
+}
+
+impl CtcShape {
+    fn args(&self, kernel: &str) -> Result<[KernelArg; 5]> {
+        let what = format!(
+            "CTC over log_probs [{}, {}, {}] and targets [{}, {}]",
+            self.frames, self.batch, self.classes, self.batch, self.s_max
+        );
+        if self.blank >= self.classes {
+            return Err(Error::cuda(kernel, format!("{what}: blank {} is not a class", self.blank)));
+        }
+        let v = int32(
+            kernel,
+            &what,
+            &[
+                ("frames", self.frames),
+                ("batch", self.batch),
+                ("classes", self.classes),
+                ("s_max", self.s_max),
+                ("blank", self.blank),
+                ("2·s_max + 1", 2 * self.s_max + 1),
+            ],
+        )?;
+        Ok([v[0], v[1], v[2], v[3], v[4]].map(KernelArg::I32))
+    }
+}
+
+/// Each sample's −log p into `nll` (0 for an impossible one when
+/// `zero_infinity`, else +∞); `ws` holds `ctc_workspace(p).forward_f32`.
+/// One block per sample. Follow with [`ctc_mean`].
+pub fn ctc_forward(dtype: DType, p: &CtcShape, b: &CtcBuffers, zero_infinity: bool, ws: u64) -> Result<Launch> {
+    let s = named("ctc_forward", dtype)?;
+    let [_, batch, classes, s_max, blank] = p.args(s.kernel)?;
+    let args = vec![
+        KernelArg::Ptr(b.log_probs),
+        KernelArg::Ptr(b.targets),
+        KernelArg::Ptr(b.input_lengths),
+        KernelArg::Ptr(b.target_lengths),
+        batch,
+        classes,
+        s_max,
+        blank,
+        KernelArg::I32(zero_infinity as i32),
+        KernelArg::Ptr(b.nll),
+        KernelArg::Ptr(ws),
+    ];
+    s.rows(p.batch, 2 * p.s_max + 1, args)
+}
+
+/// The loss `[]` (dtype): `Σ_b nll[b] / max(S_b, 1) / B`, one block.
+pub fn ctc_mean(dtype: DType, batch: usize, nll: u64, target_lengths: u64, loss: u64) -> Result<Launch> {
+    let s = named("ctc_mean", dtype)?;
+    let b = int32(s.kernel, "CTC mean", &[("batch", batch)])?[0];
+    if b == 0 {
+        return Err(Error::cuda(s.kernel, "a batch of 0 samples has no mean; skip the loss"));
+    }
+    let args = vec![KernelArg::Ptr(nll), KernelArg::Ptr(target_lengths), KernelArg::Ptr(loss), KernelArg::I32(b)];
+    s.rows(1, batch, args)
+}
+
+/// `grad` (log_probs' shape and dtype) `= −γ·g/(B·max(S_b, 1))`, the true
+/// derivative with respect to log_probs as src/ops/ctc.rs documents (not
+/// PyTorch's `exp(lp) − γ`), 0 past each input length and for a sample
+/// whose nll is not finite. `grad_loss` is the loss's incoming gradient (a
+/// device scalar of the dtype); `ws` and `chain` hold
+/// `ctc_workspace(p).backward_f32` f32 and `.backward_i32` i32.
+pub fn ctc_backward(
+    dtype: DType,
+    p: &CtcShape,
+    b: &CtcBuffers,
+    grad_loss: u64,
+    grad: u64,
+    ws: u64,
+    chain: u64,
+) -> Result<Launch> {
+    let s = named("ctc_backward", dtype)?;
+    let [frames, batch, classes, s_max, blank] = p.args(s.kernel)?;
+    let args = vec![
+        KernelArg::Ptr(b.log_probs),
+        KernelArg::Ptr(b.targets),
+        KernelArg::Ptr(b.input_lengths),
+        KernelArg::Ptr(b.target_lengths),
+        frames,
+        batch,
+        classes,
+        s_max,
+        blank,
+        KernelArg::Ptr(b.nll),
+        KernelArg::Ptr(grad_loss),
+        KernelArg::Ptr(grad),
+        KernelArg::Ptr(ws),
+        KernelArg::Ptr(chain),
+    ];
+    s.rows(p.batch, 2 * p.s_max + 1, args)
+}
+
+// ---- pooling -----------------------------------------------------------------------
+
+impl Window {
+    /// A pool's geometry (dilation 1, no channels: planes are counted apart).
+    pub fn pool(kernel: &str, g: &PoolGeom) -> Result<Window> {
+        let what = format!("pool of {:?} -> {:?}, kernel {:?}", g.big, g.small, g.k);
+        int32(kernel, &what, &[("input plane", g.big_len()), ("output plane", g.small_len()), ("window", g.kvol())])?;
+        let v = |a: [usize; 3]| a.map(|x| x as i32);
+        Ok(Window {
+            c: 0,
+            o: 0,
+            big: v(g.big),
+            small: v(g.small),
+            k: v(g.k),
+            stride: v(g.stride),
+            pad: v(g.pad),
+            dil: [1; 3],
+        })
+    }
+}
+
+fn pool_launch(base: &str, dtype: DType, g: &PoolGeom, planes: usize, n: usize, ptrs: &[u64]) -> Result<Launch> {
+    let s = named(base, dtype)?;
+    let mut args: Vec<KernelArg> = ptrs.iter().map(|&p| KernelArg::Ptr(p)).collect();
+    args.extend([len_arg(planes), KernelArg::Window(Window::pool(s.kernel, g)?)]);
+    s.elements(n, args)
+}
+
+/// Max pool of `planes` dense planes (src/cpu/pool.rs `max_pool`): `out`
+/// and the i32 `arg` (flat index within the input plane of the first
+/// maximum) per output element.
+pub fn max_pool(dtype: DType, g: &PoolGeom, planes: usize, x: u64, out: u64, arg: u64) -> Result<Launch> {
+    pool_launch("max_pool", dtype, g, planes, planes * g.small_len(), &[x, out, arg])
+}
+
+/// `dx` from `dy` and the saved `arg`, gathered per input element.
+pub fn max_pool_grad(dtype: DType, g: &PoolGeom, planes: usize, dy: u64, arg: u64, dx: u64) -> Result<Launch> {
+    pool_launch("max_pool_grad", dtype, g, planes, planes * g.big_len(), &[dy, arg, dx])
+}
+
+/// Average pool (padding counted in the divisor).
+pub fn avg_pool(dtype: DType, g: &PoolGeom, planes: usize, x: u64, out: u64) -> Result<Launch> {
+    pool_launch("avg_pool", dtype, g, planes, planes * g.small_len(), &[x, out])
+}
+
+/// `dx` from `dy`, gathered per input element.
+pub fn avg_pool_grad(dtype: DType, g: &PoolGeom, planes: usize, dy: u64, dx: u64) -> Result<Launch> {
+    pool_launch("avg_pool_grad", dtype, g, planes, planes * g.big_len(), &[dy, dx])
+}
+
+// ---- convolution tiles -------------------------------------------------------------
+
+impl Window {
+    /// A convolution's geometry (src/cpu/conv.rs `Geom`).
+    pub fn conv(kernel: &str, g: &Geom) -> Result<Window> {
+        let what = format!("conv of [{}, {:?}] <-> [{}, {:?}], kernel {:?}", g.c, g.big, g.o, g.small, g.k);
+        int32(
+            kernel,
+            &what,
+            &[("input plane", g.big_len()), ("output positions", g.small_len()), ("K", g.kdim()), ("O", g.o)],
+        )?;
+        let v = |a: [usize; 3]| a.map(|x| x as i32);
+        Ok(Window {
+            c: g.c as i32,
+            o: g.o as i32,
+            big: v(g.big),
+            small: v(g.small),
+            k: v(g.k),
+            stride: v(g.stride),
+            pad: v(g.pad),
+            dil: v(g.dil),
+        })
+    }
+}
+
+impl ConvTile {
+    /// Output positions `p0 .. p0 + n` of `g` and the input box they reach:
+    /// per dim, outer dims first, the output coordinates the tile spans
+    /// (all of them once an outer dim changes within the tile), mapped
+    /// through the window and clipped to the input.
+    pub fn new(kernel: &str, g: &Geom, p0: usize, n: usize) -> Result<ConvTile> {
+        let p = g.small_len();
+        if n == 0 || p0 + n > p {
+            return Err(Error::cuda(
+                kernel,
+                format!("tile of positions {p0}..{} outside the {p} output positions of {:?}", p0 + n, g.small),
+            ));
+        }
+        let what = format!("tile {p0}..{} of {:?}", p0 + n, g.small);
+        int32(kernel, &what, &[("p0 + n", p0 + n)])?;
+        let decode = |q: usize| [q / (g.small[1] * g.small[2]), q / g.small[2] % g.small[1], q % g.small[2]];
+        let (a, b) = (decode(p0), decode(p0 + n - 1));
+        let mut t = ConvTile { p0: p0 as i32, n: n as i32, lo: [0; 3], len: [0; 3] };
+        let mut whole = false;
+        for d in 0..3 {
+            let (o0, o1) = if whole { (0, g.small[d] - 1) } else { (a[d], b[d]) };
+            whole |= a[d] != b[d];
+            let first = (o0 * g.stride[d]) as i64 - g.pad[d] as i64;
+            let last = (o1 * g.stride[d] + (g.k[d] - 1) * g.dil[d]) as i64 - g.pad[d] as i64;
+            let (lo, hi) = (first.max(0), last.min(g.big[d] as i64 - 1));
+            t.lo[d] = lo as i32;
+            t.len[d] = (hi - lo + 1).max(0) as i32;
+        }
+        Ok(t)
+    }
+
+    /// Input elements of one channel in the box.
+    pub fn box_len(&self) -> usize {
+        self.len.iter().map(|&l| l as usize).product()
+    }
+}
+
+/// `col` `[K, n]` f32 = the im2col of positions `p0 .. p0 + n` of one
+/// sample `x` `[C, big]` (src/cpu/conv.rs `im2col`, value for value).
+pub fn im2col(dtype: DType, g: &Geom, x: u64, p0: usize, n: usize, col: u64) -> Result<Launch> {
+    let s = named("im2col", dtype)?;
+    let (w, t) = (Window::conv(s.kernel, g)?, ConvTile::new(s.kernel, g, p0, n)?);
+    let args = vec![KernelArg::Ptr(x), KernelArg::Ptr(col), KernelArg::Window(w), KernelArg::ConvTile(t)];
+    s.elements(g.kdim() * n, args)
+}
+
+/// `acc` `[C, big]` f32 `+=` col2im of `col` `[K, n]` f32 for positions
+/// `p0 .. p0 + n` (src/cpu/conv.rs `col2im`: the same sums, bit for bit).
+/// One thread per input element of the tile's box; f32 for every storage
+/// type, as on the CPU.
+pub fn col2im(g: &Geom, col: u64, p0: usize, n: usize, acc: u64) -> Result<Launch> {
+    let s = spec_of("col2im_f32")?;
+    let (w, t) = (Window::conv(s.kernel, g)?, ConvTile::new(s.kernel, g, p0, n)?);
+    let args = vec![KernelArg::Ptr(col), KernelArg::Ptr(acc), KernelArg::Window(w), KernelArg::ConvTile(t)];
+    s.elements(g.c * t.box_len(), args)
+}
+
+/// A row-major matrix operand: address and row stride in elements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mat {
+    pub ptr: u64,
+    pub ld: usize,
+}
+
+/// `dst` f32 `[rows, n]` = `src` (dtype) widened: a tile of `small` as a
+/// GEMM operand (the CPU's `small_tile`), or the weight.
+pub fn conv_tile_in(dtype: DType, rows: usize, n: usize, src: Mat, dst: Mat) -> Result<Launch> {
+    let args = vec![
+        KernelArg::Ptr(src.ptr),
+        len_arg(src.ld),
+        KernelArg::Ptr(dst.ptr),
+        len_arg(dst.ld),
+        len_arg(rows),
+        len_arg(n),
+    ];
+    named("conv_tile_in", dtype)?.elements(rows * n, args)
+}
+
+/// `dst` (dtype) `[rows, n]` = `src` f32 `+ bias[row]`, rounded: a GEMM's
+/// f32 tile into the output (in place for f32 storage: `src` = `dst`).
+pub fn conv_tile_out(dtype: DType, rows: usize, n: usize, src: Mat, dst: Mat, bias: Option<u64>) -> Result<Launch> {
+    let args = vec![
+        KernelArg::Ptr(src.ptr),
+        len_arg(src.ld),
+        KernelArg::Ptr(dst.ptr),
+        len_arg(dst.ld),
+        len_arg(rows),
+        len_arg(n),
+        opt_ptr(bias),
+    ];
+    named("conv_tile_out", dtype)?.elements(rows * n, args)
+}
+
+/// The bias gradient `out[c] = Σ_b Σ_s dy[b, c, s]` of dense `dy`
+/// `[batch, channels, spatial]`: one block per channel, f32 tree sums.
+pub fn conv_bias_grad(
+    dtype: DType,
+    dy: u64,
+    out: u64,
+    batch: usize,
+    channels: usize,
+    spatial: usize,
+) -> Result<Launch> {
+    let s = named("conv_bias_grad", dtype)?;
+    let args = vec![KernelArg::Ptr(dy), KernelArg::Ptr(out), len_arg(batch), len_arg(channels), len_arg(spatial)];
+    s.rows(channels, batch * spatial, args)
 }
