@@ -28,6 +28,31 @@ const _: () = assert!(std::mem::size_of::<Broadcast>() == 152);
 // SAFETY: plain integers, repr(C), the same layout as the CUDA struct.
 unsafe impl cudarc::driver::DeviceRepr for Broadcast {}
 
+/// Shapes, strides in elements (batch, head, row; the last stride is 1) and
+/// settings of one fused attention call, by value. Layout = `struct
+/// AttnDims` in kernels/attention.cu (152 bytes); `g` is the output gradient.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AttnDims {
+    pub q: [i64; 3],
+    pub k: [i64; 3],
+    pub v: [i64; 3],
+    pub o: [i64; 3],
+    pub g: [i64; 3],
+    pub batch: i32,
+    pub heads: i32,
+    pub tq: i32,
+    pub tk: i32,
+    pub d: i32,
+    pub causal: i32,
+    pub scale: f32,
+    pub reserved: i32,
+}
+const _: () = assert!(std::mem::size_of::<AttnDims>() == 152);
+
+// SAFETY: plain numbers, repr(C), the same layout as the CUDA struct.
+unsafe impl cudarc::driver::DeviceRepr for AttnDims {}
+
 /// One kernel argument. The payload is stored at its natural alignment, and
 /// [`KernelArg::as_ptr`] points at it: `&[KernelArg]` → pointers is exactly
 /// cuLaunchKernel's `void** kernelParams` (and the harness's `hr_launch`).
@@ -42,6 +67,7 @@ pub enum KernelArg {
     F32(f32),
     F64(f64),
     Broadcast(Broadcast),
+    AttnDims(AttnDims),
 }
 
 impl KernelArg {
@@ -55,6 +81,7 @@ impl KernelArg {
             KernelArg::F32(v) => v as *const f32 as *mut c_void,
             KernelArg::F64(v) => v as *const f64 as *mut c_void,
             KernelArg::Broadcast(v) => v as *const Broadcast as *mut c_void,
+            KernelArg::AttnDims(v) => v as *const AttnDims as *mut c_void,
         }
     }
     /// Bytes of the value: what the kernel's parameter must take.
@@ -63,6 +90,7 @@ impl KernelArg {
             KernelArg::I32(_) | KernelArg::U32(_) | KernelArg::F32(_) => 4,
             KernelArg::Ptr(_) | KernelArg::U64(_) | KernelArg::I64(_) | KernelArg::F64(_) => 8,
             KernelArg::Broadcast(_) => std::mem::size_of::<Broadcast>(),
+            KernelArg::AttnDims(_) => std::mem::size_of::<AttnDims>(),
         }
     }
 }
@@ -81,6 +109,7 @@ unsafe impl<'a, 'b: 'a> cudarc::driver::PushKernelArg<&'b KernelArg> for cudarc:
             KernelArg::F32(v) => self.arg(v),
             KernelArg::F64(v) => self.arg(v),
             KernelArg::Broadcast(v) => self.arg(v),
+            KernelArg::AttnDims(v) => self.arg(v),
         }
     }
 }
@@ -93,6 +122,9 @@ pub enum Grid {
     Elements { per_thread: u32 },
     /// One block per row.
     Rows,
+    /// Tiles of rows of every (batch, head): `(ceil(rows / rows_per_block),
+    /// B·H)` blocks; the kernel's tile must have `rows_per_block` rows.
+    Tiles { rows_per_block: u32 },
 }
 
 /// The dynamic shared memory a kernel's launch gives it.
@@ -220,7 +252,7 @@ impl LaunchSpec {
     /// A grid-stride launch over `n` elements.
     fn elements(&'static self, n: usize, args: Vec<KernelArg>) -> Result<Launch> {
         let Grid::Elements { per_thread } = self.grid else {
-            return Err(Error::cuda(self.kernel, "launched over elements but its grid is one block per row"));
+            return Err(Error::cuda(self.kernel, format!("launched over elements but its grid is {:?}", self.grid)));
         };
         let per_block = self.block as usize * per_thread as usize;
         let blocks = n.div_ceil(per_block).clamp(1, MAX_BLOCKS as usize) as u32;
