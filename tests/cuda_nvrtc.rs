@@ -124,7 +124,7 @@ fn ptxas_resources_fit_what_the_launches_assume() {
             let (blocks, bound) = arch.blocks_per_sm(r.registers, s.block, r.smem + s.smem.max_bytes());
             let occ = 100 * blocks * s.block / arch.max_threads_per_sm;
             line += &format!(
-                " | {:>2} reg {:>3} B {}/{} spill {:>2} blk {:>3}% {:<13}",
+                " | {:>3} reg {:>5} B {}/{} spill {:>2} blk {:>3}% {:<13}",
                 r.registers, r.smem, r.spill_stores, r.spill_loads, blocks, occ, bound
             );
         }

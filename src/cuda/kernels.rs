@@ -66,6 +66,31 @@ const _: () = assert!(std::mem::size_of::<ConvTile>() == 32);
 unsafe impl cudarc::driver::DeviceRepr for Window {}
 unsafe impl cudarc::driver::DeviceRepr for ConvTile {}
 
+/// Shapes, strides in elements (batch, head, row; the last stride is 1) and
+/// settings of one fused attention call, by value. Layout = `struct
+/// AttnDims` in kernels/attention.cu (152 bytes); `g` is the output gradient.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AttnDims {
+    pub q: [i64; 3],
+    pub k: [i64; 3],
+    pub v: [i64; 3],
+    pub o: [i64; 3],
+    pub g: [i64; 3],
+    pub batch: i32,
+    pub heads: i32,
+    pub tq: i32,
+    pub tk: i32,
+    pub d: i32,
+    pub causal: i32,
+    pub scale: f32,
+    pub reserved: i32,
+}
+const _: () = assert!(std::mem::size_of::<AttnDims>() == 152);
+
+// SAFETY: plain numbers, repr(C), the same layout as the CUDA struct.
+unsafe impl cudarc::driver::DeviceRepr for AttnDims {}
+
 /// One kernel argument. The payload is stored at its natural alignment, and
 /// [`KernelArg::as_ptr`] points at it: `&[KernelArg]` → pointers is exactly
 /// cuLaunchKernel's `void** kernelParams` (and the harness's `hr_launch`).
@@ -82,6 +107,7 @@ pub enum KernelArg {
     Broadcast(Broadcast),
     Window(Window),
     ConvTile(ConvTile),
+    AttnDims(AttnDims),
 }
 
 impl KernelArg {
@@ -97,6 +123,7 @@ impl KernelArg {
             KernelArg::Broadcast(v) => v as *const Broadcast as *mut c_void,
             KernelArg::Window(v) => v as *const Window as *mut c_void,
             KernelArg::ConvTile(v) => v as *const ConvTile as *mut c_void,
+            KernelArg::AttnDims(v) => v as *const AttnDims as *mut c_void,
         }
     }
     /// Bytes of the value: what the kernel's parameter must take.
@@ -107,6 +134,7 @@ impl KernelArg {
             KernelArg::Broadcast(_) => std::mem::size_of::<Broadcast>(),
             KernelArg::Window(_) => std::mem::size_of::<Window>(),
             KernelArg::ConvTile(_) => std::mem::size_of::<ConvTile>(),
+            KernelArg::AttnDims(_) => std::mem::size_of::<AttnDims>(),
         }
     }
 }
@@ -127,6 +155,7 @@ unsafe impl<'a, 'b: 'a> cudarc::driver::PushKernelArg<&'b KernelArg> for cudarc:
             KernelArg::Broadcast(v) => self.arg(v),
             KernelArg::Window(v) => self.arg(v),
             KernelArg::ConvTile(v) => self.arg(v),
+            KernelArg::AttnDims(v) => self.arg(v),
         }
     }
 }
@@ -147,6 +176,9 @@ pub enum Grid {
     /// One block per `block · per_thread` elements of each tensor of a
     /// multi-tensor table (kernels/optim.cu).
     Tensors { per_thread: u32 },
+    /// Tiles of rows of every (batch, head): `(ceil(rows / rows_per_block),
+    /// B·H)` blocks; the kernel's tile must have `rows_per_block` rows.
+    Tiles { rows_per_block: u32 },
 }
 
 /// The dynamic shared memory a kernel's launch gives it.
@@ -225,6 +257,14 @@ const OPT: &str = "optim.cu";
 const LN_RUNS: Grid = Grid::RowRuns { max_blocks: 256 };
 // Multi-tensor chunks of 256 threads × 4 = 1024 elements.
 const CHUNKS: Grid = Grid::Tensors { per_thread: 4 };
+const AT: &str = "attention.cu";
+const fn tiles(rows_per_block: u32) -> Grid {
+    Grid::Tiles { rows_per_block }
+}
+// Attention: 128 threads, static shared memory only. The rows per block are
+// the kernels' owned tiles (`Tiles<DM>` in kernels/attention.cu: FWD_Q,
+// DKV_K, DQ_Q per head-dim bucket DM = 32, 64, 128); see [`attention_forward`].
+const ATTN: u32 = 128;
 
 /// Every kernel and how it is launched.
 pub const LAUNCH: &[LaunchSpec] = &[
@@ -342,6 +382,36 @@ pub const LAUNCH: &[LaunchSpec] = &[
     spec("conv_bias_grad_f32", CONV, 256, Grid::Rows, Smem::None),
     spec("conv_bias_grad_f16", CONV, 256, Grid::Rows, Smem::None),
     spec("conv_bias_grad_bf16", CONV, 256, Grid::Rows, Smem::None),
+    spec("attention_fwd_d32_f32", AT, ATTN, tiles(64), Smem::None),
+    spec("attention_fwd_d64_f32", AT, ATTN, tiles(64), Smem::None),
+    spec("attention_fwd_d128_f32", AT, ATTN, tiles(32), Smem::None),
+    spec("attention_fwd_d32_f16", AT, ATTN, tiles(64), Smem::None),
+    spec("attention_fwd_d64_f16", AT, ATTN, tiles(64), Smem::None),
+    spec("attention_fwd_d128_f16", AT, ATTN, tiles(32), Smem::None),
+    spec("attention_fwd_d32_bf16", AT, ATTN, tiles(64), Smem::None),
+    spec("attention_fwd_d64_bf16", AT, ATTN, tiles(64), Smem::None),
+    spec("attention_fwd_d128_bf16", AT, ATTN, tiles(32), Smem::None),
+    spec("attention_row_dots_f32", AT, ROW_DOTS_ROWS, tiles(ROW_DOTS_ROWS), Smem::None),
+    spec("attention_row_dots_f16", AT, ROW_DOTS_ROWS, tiles(ROW_DOTS_ROWS), Smem::None),
+    spec("attention_row_dots_bf16", AT, ROW_DOTS_ROWS, tiles(ROW_DOTS_ROWS), Smem::None),
+    spec("attention_bwd_dkdv_d32_f32", AT, ATTN, tiles(64), Smem::None),
+    spec("attention_bwd_dkdv_d64_f32", AT, ATTN, tiles(32), Smem::None),
+    spec("attention_bwd_dkdv_d128_f32", AT, ATTN, tiles(16), Smem::None),
+    spec("attention_bwd_dkdv_d32_f16", AT, ATTN, tiles(64), Smem::None),
+    spec("attention_bwd_dkdv_d64_f16", AT, ATTN, tiles(32), Smem::None),
+    spec("attention_bwd_dkdv_d128_f16", AT, ATTN, tiles(16), Smem::None),
+    spec("attention_bwd_dkdv_d32_bf16", AT, ATTN, tiles(64), Smem::None),
+    spec("attention_bwd_dkdv_d64_bf16", AT, ATTN, tiles(32), Smem::None),
+    spec("attention_bwd_dkdv_d128_bf16", AT, ATTN, tiles(16), Smem::None),
+    spec("attention_bwd_dq_d32_f32", AT, ATTN, tiles(64), Smem::None),
+    spec("attention_bwd_dq_d64_f32", AT, ATTN, tiles(32), Smem::None),
+    spec("attention_bwd_dq_d128_f32", AT, ATTN, tiles(16), Smem::None),
+    spec("attention_bwd_dq_d32_f16", AT, ATTN, tiles(64), Smem::None),
+    spec("attention_bwd_dq_d64_f16", AT, ATTN, tiles(32), Smem::None),
+    spec("attention_bwd_dq_d128_f16", AT, ATTN, tiles(16), Smem::None),
+    spec("attention_bwd_dq_d32_bf16", AT, ATTN, tiles(64), Smem::None),
+    spec("attention_bwd_dq_d64_bf16", AT, ATTN, tiles(32), Smem::None),
+    spec("attention_bwd_dq_d128_bf16", AT, ATTN, tiles(16), Smem::None),
 ];
 
 /// The table entry for `kernel`.
@@ -366,7 +436,7 @@ impl LaunchSpec {
     /// A grid-stride launch over `n` elements.
     fn elements(&'static self, n: usize, args: Vec<KernelArg>) -> Result<Launch> {
         let Grid::Elements { per_thread } = self.grid else {
-            return Err(Error::cuda(self.kernel, "launched over elements but its grid is one block per row"));
+            return Err(Error::cuda(self.kernel, format!("launched over elements but its grid is {:?}", self.grid)));
         };
         let per_block = self.block as usize * per_thread as usize;
         let blocks = n.div_ceil(per_block).clamp(1, MAX_BLOCKS as usize) as u32;
@@ -387,6 +457,25 @@ impl LaunchSpec {
             return Err(Error::cuda(self.kernel, format!("{blocks} blocks: a launch needs 1..=2^31-1")));
         }
         Ok(Launch { kernel: self.kernel, grid: [blocks as u32, 1, 1], block: [self.block, 1, 1], smem: 0, args })
+    }
+    /// Tiles of `rows` rows for each of `bh` (batch, head) pairs: at least
+    /// one block along x, so empty lengths still launch (and do nothing).
+    fn tiles(&'static self, rows: usize, bh: usize, args: Vec<KernelArg>) -> Result<Launch> {
+        let Grid::Tiles { rows_per_block } = self.grid else {
+            return Err(Error::cuda(self.kernel, format!("launched over row tiles but its grid is {:?}", self.grid)));
+        };
+        let x = rows.div_ceil(rows_per_block as usize).max(1);
+        if bh == 0 || bh > 65535 || x > i32::MAX as usize {
+            return Err(Error::cuda(
+                self.kernel,
+                format!(
+                    "{rows} rows × {bh} (batch, head) pairs: the grid is (row tiles, B·H) and CUDA allows \
+                     1..=65535 along y; split the batch into several launches"
+                ),
+            ));
+        }
+        let grid = [x as u32, bh as u32, 1];
+        Ok(Launch { kernel: self.kernel, grid, block: [self.block, 1, 1], smem: self.smem.bytes(0), args })
     }
 }
 
@@ -997,4 +1086,252 @@ pub fn conv_bias_grad(
     let s = named("conv_bias_grad", dtype)?;
     let args = vec![KernelArg::Ptr(dy), KernelArg::Ptr(out), len_arg(batch), len_arg(channels), len_arg(spatial)];
     s.rows(channels, batch * spatial, args)
+}
+
+// ---- fused attention (kernels/attention.cu) ----
+
+/// Query rows per block of the row-dots kernel: one thread per row.
+const ROW_DOTS_ROWS: u32 = 128;
+
+/// Largest head dimension the attention kernels take.
+pub const ATTENTION_MAX_D: usize = 128;
+
+/// One fused attention call on the device, as `ops::attention` takes it: q
+/// `[B, H, Tq, D]`, k and v `[B, H, Tk, D]`, each a strided view (4 strides
+/// in elements) whose rows are dense (last stride 1), of one float dtype;
+/// `key_padding` a dense u8 `[B, Tk]` (1 = padded key). Semantics are the
+/// CPU op's: causal aligned top left, a row that sees no key gets O = 0,
+/// LSE = +∞ and zero gradients.
+///
+/// The launches, in order: [`attention_forward`] (O and the f32 log-sum-exp
+/// `[B, H, Tq]`); for the backward [`attention_row_dots`] (D = rowsum(dO ∘ O)
+/// into the workspace), [`attention_backward_dkdv`] (one block per key tile,
+/// looping over query tiles) and [`attention_backward_dq`] (one block per
+/// query tile, looping over key tiles) — or all three from
+/// [`attention_backward`]. Each gradient row has one writer and a fixed
+/// summation order: no atomics, results independent of scheduling.
+///
+/// Tiles (query rows × key rows) per head-dim bucket, 128 threads, every tile
+/// an f32 copy with rows padded to DM + 1 floats (conflict-free column reads),
+/// static shared memory in bytes:
+///
+/// | kernel        | D ≤ 32          | D ≤ 64          | D ≤ 128         |
+/// |---------------|-----------------|-----------------|-----------------|
+/// | forward       | 64 × 64, 43 008 | 64 × 32, 42 624 | 32 × 16, 35 648 |
+/// | dK, dV        | 32 × 64, 42 240 | 32 × 32, 41 984 | 16 × 16, 35 328 |
+/// | dQ            | 64 × 32, 34 432 | 32 × 32, 37 888 | 16 × 16, 34 304 |
+///
+/// Why: the largest tiles that keep each kernel under the 48 KiB a block gets
+/// without opting in, with the block's own rows (queries in the forward and
+/// dQ, keys in dK/dV) no fewer than the streamed ones, since the streamed
+/// tile is reloaded once per owned tile; micro-tiles of (rows/16) × (cols/8)
+/// scores and (rows/16) × (DM/8) accumulators per thread keep ptxas at
+/// 48–114 registers with no spills.
+#[derive(Clone, Copy, Debug)]
+pub struct Attention<'a> {
+    pub batch: usize,
+    pub heads: usize,
+    pub tq: usize,
+    pub tk: usize,
+    pub d: usize,
+    /// Score scale (`ops::attention`'s default is 1/√D).
+    pub scale: f32,
+    /// Query i sees keys j ≤ i, aligned top left as PyTorch's `is_causal`.
+    pub causal: bool,
+    pub q: Strided<'a>,
+    pub k: Strided<'a>,
+    pub v: Strided<'a>,
+    pub key_padding: Option<u64>,
+}
+
+/// Where the backward writes: dense `[B, H, T, D]` gradients in the inputs'
+/// dtype, each absent when its input needs none.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AttentionGrads {
+    pub dq: Option<u64>,
+    pub dk: Option<u64>,
+    pub dv: Option<u64>,
+}
+
+impl Attention<'_> {
+    /// Bytes of workspace the backward needs beyond its inputs and outputs:
+    /// the row sums D, f32 `[B, H, Tq]` (allocate it with tag Workspace). The
+    /// forward needs none (the LSE is an output it saves). So memory beyond
+    /// inputs and outputs is O(B·H·Tq): nothing grows with Tq·Tk.
+    pub fn backward_workspace(&self) -> usize {
+        4 * self.batch * self.heads * self.tq
+    }
+
+    fn shapes(&self) -> String {
+        let (b, h, tq, tk, d) = (self.batch, self.heads, self.tq, self.tk, self.d);
+        format!("q [{b}, {h}, {tq}, {d}], k and v [{b}, {h}, {tk}, {d}]")
+    }
+
+    /// The kernel `{base}_d{bucket}_{dtype}` (no bucket for the row dots).
+    fn spec(&self, base: &str, dtype: DType, bucket: bool) -> Result<&'static LaunchSpec> {
+        let sfx = suffix(base, dtype)?;
+        if !bucket {
+            return spec_of(&format!("{base}_{sfx}"));
+        }
+        let dm = match self.d {
+            1..=32 => 32,
+            33..=64 => 64,
+            65..=ATTENTION_MAX_D => 128,
+            _ => {
+                return Err(Error::cuda(
+                    base,
+                    format!(
+                        "{}: head dimension {} is outside 1..={ATTENTION_MAX_D}, what the CUDA attention kernels \
+                         take; use more heads (or the CPU op)",
+                        self.shapes(),
+                        self.d
+                    ),
+                ))
+            }
+        };
+        spec_of(&format!("{base}_d{dm}_{sfx}"))
+    }
+
+    /// The kernels' by-value argument, after checking every operand.
+    fn dims(&self, kernel: &str, o: Option<&Strided>, g: Option<&Strided>) -> Result<AttnDims> {
+        let bad = |msg: String| Err(Error::cuda(kernel, format!("{}: {msg}", self.shapes())));
+        let mut s = [[0i64; 3]; 5];
+        let operands = [("q", Some(&self.q)), ("k", Some(&self.k)), ("v", Some(&self.v)), ("o", o), ("dO", g)];
+        for (slot, (name, x)) in s.iter_mut().zip(operands) {
+            let Some(x) = x else { continue };
+            if x.strides.len() != 4 {
+                return bad(format!("{name} has strides {:?}; a [B, H, T, D] view has 4", x.strides));
+            }
+            if x.strides[3] != 1 && self.d > 1 {
+                return bad(format!(
+                    "{name} has strides {:?}; the kernels read rows of D contiguous elements: make its rows \
+                     dense (contiguous) first",
+                    x.strides
+                ));
+            }
+            *slot = [x.strides[0] as i64, x.strides[1] as i64, x.strides[2] as i64];
+        }
+        if self.tq > i32::MAX as usize || self.tk > i32::MAX as usize || self.batch * self.heads > i32::MAX as usize {
+            return bad("lengths and B·H must fit in i32".into());
+        }
+        if !self.scale.is_finite() {
+            return bad(format!("scale {} is not finite", self.scale));
+        }
+        Ok(AttnDims {
+            q: s[0],
+            k: s[1],
+            v: s[2],
+            o: s[3],
+            g: s[4],
+            batch: self.batch as i32,
+            heads: self.heads as i32,
+            tq: self.tq as i32,
+            tk: self.tk as i32,
+            d: self.d as i32,
+            causal: self.causal as i32,
+            scale: self.scale,
+            reserved: 0,
+        })
+    }
+}
+
+fn ptr_or_null(p: Option<u64>) -> KernelArg {
+    KernelArg::Ptr(p.unwrap_or(0))
+}
+
+/// Forward: `out` (`[B, H, Tq, D]` in the inputs' dtype, any strides with
+/// dense rows) and `lse` (f32 `[B, H, Tq]`, dense). One block of 128 threads
+/// per (query tile, b·h); query tiles of 64 rows for D ≤ 64, 32 for D ≤ 128.
+pub fn attention_forward(dtype: DType, a: &Attention, out: Strided, lse: u64) -> Result<Launch> {
+    let s = a.spec("attention_fwd", dtype, true)?;
+    let dims = a.dims(s.kernel, Some(&out), None)?;
+    let args = vec![
+        KernelArg::Ptr(a.q.ptr),
+        KernelArg::Ptr(a.k.ptr),
+        KernelArg::Ptr(a.v.ptr),
+        ptr_or_null(a.key_padding),
+        KernelArg::Ptr(out.ptr),
+        KernelArg::Ptr(lse),
+        KernelArg::AttnDims(dims),
+    ];
+    s.tiles(a.tq, a.batch * a.heads, args)
+}
+
+/// Backward step 1: `dvec` (f32 `[B, H, Tq]`, the workspace of
+/// [`Attention::backward_workspace`]) = rowsum(dO ∘ O), from the forward's
+/// output `o` and the output gradient `go` (`[B, H, Tq, D]`, dense rows).
+pub fn attention_row_dots(dtype: DType, a: &Attention, o: Strided, go: Strided, dvec: u64) -> Result<Launch> {
+    let s = a.spec("attention_row_dots", dtype, false)?;
+    let dims = a.dims(s.kernel, Some(&o), Some(&go))?;
+    let args = vec![KernelArg::Ptr(o.ptr), KernelArg::Ptr(go.ptr), KernelArg::Ptr(dvec), KernelArg::AttnDims(dims)];
+    s.tiles(a.tq, a.batch * a.heads, args)
+}
+
+/// Backward step 2: dK and dV (dense `[B, H, Tk, D]`; either may be absent)
+/// from the forward's inputs, `go`, its `lse` and `dvec`. One block per
+/// (key tile, b·h), looping over the query tiles: each row has one writer.
+pub fn attention_backward_dkdv(
+    dtype: DType,
+    a: &Attention,
+    go: Strided,
+    lse: u64,
+    dvec: u64,
+    dk: Option<u64>,
+    dv: Option<u64>,
+) -> Result<Launch> {
+    let s = a.spec("attention_bwd_dkdv", dtype, true)?;
+    let dims = a.dims(s.kernel, None, Some(&go))?;
+    let args = vec![
+        KernelArg::Ptr(a.q.ptr),
+        KernelArg::Ptr(a.k.ptr),
+        KernelArg::Ptr(a.v.ptr),
+        KernelArg::Ptr(go.ptr),
+        ptr_or_null(a.key_padding),
+        KernelArg::Ptr(lse),
+        KernelArg::Ptr(dvec),
+        ptr_or_null(dk),
+        ptr_or_null(dv),
+        KernelArg::AttnDims(dims),
+    ];
+    s.tiles(a.tk, a.batch * a.heads, args)
+}
+
+/// Backward step 3: dQ (dense `[B, H, Tq, D]`). One block per (query tile,
+/// b·h), looping over the key tiles it can see.
+pub fn attention_backward_dq(dtype: DType, a: &Attention, go: Strided, lse: u64, dvec: u64, dq: u64) -> Result<Launch> {
+    let s = a.spec("attention_bwd_dq", dtype, true)?;
+    let dims = a.dims(s.kernel, None, Some(&go))?;
+    let args = vec![
+        KernelArg::Ptr(a.q.ptr),
+        KernelArg::Ptr(a.k.ptr),
+        KernelArg::Ptr(a.v.ptr),
+        KernelArg::Ptr(go.ptr),
+        ptr_or_null(a.key_padding),
+        KernelArg::Ptr(lse),
+        KernelArg::Ptr(dvec),
+        KernelArg::Ptr(dq),
+        KernelArg::AttnDims(dims),
+    ];
+    s.tiles(a.tq, a.batch * a.heads, args)
+}
+
+/// The whole backward, in launch order: row dots into `dvec` (the
+/// workspace), then dK/dV if either is wanted, then dQ if wanted.
+pub fn attention_backward(
+    dtype: DType,
+    a: &Attention,
+    o: Strided,
+    go: Strided,
+    lse: u64,
+    dvec: u64,
+    grads: AttentionGrads,
+) -> Result<Vec<Launch>> {
+    let mut launches = vec![attention_row_dots(dtype, a, o, go, dvec)?];
+    if grads.dk.is_some() || grads.dv.is_some() {
+        launches.push(attention_backward_dkdv(dtype, a, go, lse, dvec, grads.dk, grads.dv)?);
+    }
+    if let Some(dq) = grads.dq {
+        launches.push(attention_backward_dq(dtype, a, go, lse, dvec, dq)?);
+    }
+    Ok(launches)
 }
