@@ -34,6 +34,12 @@ pub enum Error {
     /// Boxed: it carries every figure of the arena, and every `Result`
     /// in the engine is as large as its error.
     OutOfMemory(Box<OutOfMemory>),
+    /// The CUDA backend or its tools (driver, NVRTC, the CPU harness): `op`
+    /// names the kernel, file or step.
+    Cuda {
+        op: String,
+        msg: String,
+    },
     Io {
         path: String,
         msg: String,
@@ -58,6 +64,9 @@ impl Error {
     pub fn invalid(op: &'static str, msg: impl Into<String>) -> Error {
         Error::Invalid { op, msg: msg.into() }
     }
+    pub fn cuda(op: impl Into<String>, msg: impl Into<String>) -> Error {
+        Error::Cuda { op: op.into(), msg: msg.into() }
+    }
     pub fn io(path: impl fmt::Display, err: impl fmt::Display) -> Error {
         Error::Io { path: path.to_string(), msg: err.to_string() }
     }
@@ -75,6 +84,7 @@ impl fmt::Display for Error {
             Error::Device { op, msg } => write!(f, "{op}: {msg}"),
             Error::Invalid { op, msg } => write!(f, "{op}: {msg}"),
             Error::OutOfMemory(e) => e.fmt(f),
+            Error::Cuda { op, msg } => write!(f, "{op}: {msg}"),
             Error::Io { path, msg } => write!(f, "{path}: {msg}"),
         }
     }

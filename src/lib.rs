@@ -47,6 +47,7 @@ pub mod autograd;
 pub mod bench;
 pub mod checkpoint;
 pub mod cpu;
+pub mod cuda;
 pub mod data;
 pub mod error;
 pub mod model;

@@ -155,6 +155,25 @@ impl Default for AdamWConfig {
     }
 }
 
+impl AdamWConfig {
+    /// The f32 scalars of a parameter's `step`-th update (1 for the first),
+    /// worked out in f64 as PyTorch does, so large step counts stay exact.
+    /// The CPU kernel and the CUDA one (`cuda::kernels::adamw`) take these.
+    pub fn step_scalars(&self, step: u64) -> AdamStep {
+        let (c, t) = (self, step as f64);
+        AdamStep {
+            beta1: c.beta1 as f32,
+            one_minus_beta1: (1.0 - c.beta1) as f32,
+            beta2: c.beta2 as f32,
+            one_minus_beta2: (1.0 - c.beta2) as f32,
+            eps: c.eps as f32,
+            decay: (1.0 - c.lr * c.weight_decay) as f32,
+            step_size: (c.lr / (1.0 - c.beta1.powf(t))) as f32,
+            bias2_sqrt: (1.0 - c.beta2.powf(t)).sqrt() as f32,
+        }
+    }
+}
+
 struct AdamState {
     exp_avg: Tensor,
     exp_avg_sq: Tensor,
@@ -248,18 +267,7 @@ impl Optimizer for AdamW {
             if p.is_meta() {
                 continue;
             }
-            // Scalars in f64 as PyTorch does, so large step counts stay exact.
-            let t = st.step as f64;
-            let s = AdamStep {
-                beta1: c.beta1 as f32,
-                one_minus_beta1: (1.0 - c.beta1) as f32,
-                beta2: c.beta2 as f32,
-                one_minus_beta2: (1.0 - c.beta2) as f32,
-                eps: c.eps as f32,
-                decay: (1.0 - c.lr * c.weight_decay) as f32,
-                step_size: (c.lr / (1.0 - c.beta1.powf(t))) as f32,
-                bias2_sqrt: (1.0 - c.beta2.powf(t)).sqrt() as f32,
-            };
+            let s = c.step_scalars(st.step);
             let (m, v) = (st.exp_avg.data_mut::<f32>()?, st.exp_avg_sq.data_mut::<f32>()?);
             let w = p.data_mut::<f32>()?;
             with_float!("adamw", g.dtype(), |G| k::adamw::<G>(w, g.data::<G>()?, m, v, s));

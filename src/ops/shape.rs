@@ -45,8 +45,9 @@ pub(crate) unsafe fn copy_strided(src: &Tensor, dst: *mut u8, dst_strides: &[usi
 }
 
 impl Tensor {
-    /// Strides that read this tensor broadcast to `shape` (0 on broadcast dims).
-    pub(crate) fn broadcast_strides(&self, shape: &[usize]) -> Vec<usize> {
+    /// Strides that read this tensor broadcast to `shape` (0 on broadcast dims);
+    /// what the strided CUDA kernels take (`cuda::kernels::Strided`).
+    pub fn broadcast_strides(&self, shape: &[usize]) -> Vec<usize> {
         let k = shape.len() - self.rank();
         (0..shape.len()).map(|i| if i < k || self.shape()[i - k] == 1 { 0 } else { self.strides()[i - k] }).collect()
     }
