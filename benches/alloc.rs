@@ -17,7 +17,8 @@ use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use headroom::alloc::{
     fmt_bytes, Arena, ArenaConfig, Backing, Block, Stats, Tag, TraceEvent, TraceKind, GRANULE, PAGE_SIZE,
 };
-use headroom::train::{simulate, TrainConfig};
+use headroom::model::ModelConfig;
+use headroom::train::{resolve_recompute, simulate, TrainConfig};
 use std::alloc::{alloc, dealloc, Layout};
 use std::collections::HashMap;
 use std::time::Duration;
@@ -74,7 +75,7 @@ fn alloc_touch_free(c: &mut Criterion) {
 /// trainer's own step (two optimizer steps and the final evaluation) on a
 /// meta arena with tracing on.
 fn record(cfg: &TrainConfig) -> (Vec<TraceEvent>, Stats) {
-    let mask = cfg.recompute.mask(cfg.layers);
+    let mask = resolve_recompute(cfg).expect("a recompute policy");
     let (arena, _run, _) = simulate(cfg, mask, true).expect("the configuration plans");
     (arena.take_trace(), arena.stats())
 }
@@ -128,7 +129,7 @@ fn fragmentation() {
          final evaluation, recorded on the meta arena), replayed on a fresh host arena"
     );
     let default = TrainConfig { progress: false, ..TrainConfig::default() };
-    let bigger = TrainConfig { layers: 6, dim: 256, hidden: 1024, batch: 64, ..default.clone() };
+    let bigger = TrainConfig { model: ModelConfig::digits(256, 6, 1024), batch: 64, ..default.clone() };
     for cfg in [default, bigger] {
         let (trace, planned) = record(&cfg);
         let s = replay_host(&trace);
@@ -136,12 +137,13 @@ fn fragmentation() {
         assert_eq!((s.allocated.peak, s.reserved.peak), (planned.allocated.peak, planned.reserved.peak));
         let naive = replay_naive(&trace);
         let ratio = |r: usize| r as f64 / s.allocated.peak as f64;
+        let ModelConfig::Digits(m) = &cfg.model else { unreachable!("digits configurations") };
         println!(
             "  {} layers, dim {}, hidden {}, heads {}, batch {}, {}: {} allocations",
-            cfg.layers,
-            cfg.dim,
-            cfg.hidden,
-            cfg.heads,
+            m.layers,
+            m.dim,
+            m.hidden,
+            m.heads,
             cfg.batch,
             cfg.precision.dtype(),
             s.allocs
