@@ -195,3 +195,43 @@ extern "C" __global__ void cast_bf16_f16(const bf16* x, f16* y, long long n) { m
 extern "C" __global__ void scale_f32(float* x, long long n, float s) { map1(x, x, n, Scale{s}); }
 extern "C" __global__ void scale_f16(f16* x, long long n, float s) { map1(x, x, n, Scale{s}); }
 extern "C" __global__ void scale_bf16(bf16* x, long long n, float s) { map1(x, x, n, Scale{s}); }
+
+// ---- strided copy and affine maps --------------------------------------------------
+
+// out[i] = src[offset of element i of shape with strides bc.a], any element
+// type of the same width (a copy moves bits, not values).
+template <class T>
+__device__ void copy_strided(const T* src, T* out, const Broadcast& bc, long long n) {
+    for (long long i = global_thread(); i < n; i += grid_threads()) {
+        long long r = i, o = 0;
+        for (int d = bc.rank - 1; d >= 0; --d) {
+            o += (r % bc.shape[d]) * bc.a[d];
+            r /= bc.shape[d];
+        }
+        out[i] = src[o];
+    }
+}
+extern "C" __global__ void copy_strided_b1(const unsigned char* s, unsigned char* o, Broadcast bc, long long n) {
+    copy_strided(s, o, bc, n);
+}
+extern "C" __global__ void copy_strided_b2(const unsigned short* s, unsigned short* o, Broadcast bc, long long n) {
+    copy_strided(s, o, bc, n);
+}
+extern "C" __global__ void copy_strided_b4(const unsigned int* s, unsigned int* o, Broadcast bc, long long n) {
+    copy_strided(s, o, bc, n);
+}
+
+// y = x * a + b (the scalar ops: mul_scalar, add_scalar).
+struct Affine {
+    float a, b;
+    __device__ __forceinline__ float operator()(float x) const { return x * a + b; }
+};
+extern "C" __global__ void affine_f32(const float* x, float* y, long long n, float a, float b) {
+    map1(x, y, n, Affine{a, b});
+}
+extern "C" __global__ void affine_f16(const f16* x, f16* y, long long n, float a, float b) {
+    map1(x, y, n, Affine{a, b});
+}
+extern "C" __global__ void affine_bf16(const bf16* x, bf16* y, long long n, float a, float b) {
+    map1(x, y, n, Affine{a, b});
+}

@@ -66,6 +66,8 @@ pub enum Device {
     /// Shapes and bytes only: ops allocate exactly as on a real device and
     /// run no kernel. The planner runs models here.
     Meta,
+    /// GPU memory; ops run the CUDA kernels (`cuda::ops`).
+    Cuda,
 }
 
 /// Element types stored in tensors; all compute in f32 registers.
@@ -226,7 +228,9 @@ impl Tensor {
 
     pub fn zeros(arena: &Arena, shape: &[usize], dtype: DType, tag: Tag) -> Result<Tensor> {
         let t = Tensor::empty(arena, shape, dtype, tag, "zeros")?;
-        if let Some(bytes) = t.bytes_mut() {
+        if let Some(g) = t.gpu() {
+            g.zero(t.device_ptr(), t.nbytes())?;
+        } else if let Some(bytes) = t.bytes_mut() {
             bytes.fill(0);
         }
         Ok(t)
@@ -234,7 +238,10 @@ impl Tensor {
 
     pub fn full(arena: &Arena, shape: &[usize], value: f32, dtype: DType, tag: Tag) -> Result<Tensor> {
         let t = Tensor::empty(arena, shape, dtype, tag, "full")?;
-        if !t.is_meta() {
+        if t.is_cuda() {
+            let host = Tensor::full(&Arena::host(), shape, value, dtype, tag)?;
+            t.upload(host.raw_bytes()?)?;
+        } else if !t.is_meta() {
             with_float!("full", dtype, |T| t.data_mut::<T>()?.fill(T::from_f32(value)));
         }
         Ok(t)
@@ -244,7 +251,10 @@ impl Tensor {
     pub fn from_f32(arena: &Arena, shape: &[usize], values: &[f32], dtype: DType, tag: Tag) -> Result<Tensor> {
         check_len("from_f32", shape, values.len())?;
         let t = Tensor::empty(arena, shape, dtype, tag, "from_f32")?;
-        if !t.is_meta() {
+        if t.is_cuda() {
+            let host = Tensor::from_f32(&Arena::host(), shape, values, dtype, tag)?;
+            t.upload(host.raw_bytes()?)?;
+        } else if !t.is_meta() {
             with_float!("from_f32", dtype, |T| {
                 for (o, &v) in t.data_mut::<T>()?.iter_mut().zip(values) {
                     *o = T::from_f32(v);
@@ -258,10 +268,30 @@ impl Tensor {
     pub fn from_slice<T: Element>(arena: &Arena, shape: &[usize], values: &[T], tag: Tag) -> Result<Tensor> {
         check_len("from_slice", shape, values.len())?;
         let t = Tensor::empty(arena, shape, T::DTYPE, tag, "from_slice")?;
-        if !t.is_meta() {
+        if t.is_cuda() {
+            t.upload(bytemuck::cast_slice(values))?;
+        } else if !t.is_meta() {
             t.data_mut::<T>()?.copy_from_slice(values);
         }
         Ok(t)
+    }
+
+    /// This tensor's values in a new dense tensor on `arena` (host ↔ GPU),
+    /// tagged `tag`; no autograd.
+    pub fn copy_to(&self, arena: &Arena, tag: Tag) -> Result<Tensor> {
+        let src = self.contiguous_untracked("copy_to")?;
+        let out = Tensor::empty(arena, self.shape(), self.dtype(), tag, "copy_to")?;
+        match (src.is_cuda(), out.is_cuda(), src.is_meta() || out.is_meta()) {
+            (_, _, true) => {}
+            (false, false, _) => out.raw_bytes_mut()?.copy_from_slice(src.raw_bytes()?),
+            (false, true, _) => out.upload(src.raw_bytes()?)?,
+            (true, false, _) => src.download(out.raw_bytes_mut()?)?,
+            (true, true, _) => {
+                let bounce = src.copy_to(&Arena::host(), tag)?;
+                out.upload(bounce.raw_bytes()?)?;
+            }
+        }
+        Ok(out)
     }
 
     /// Normal samples with standard deviation `std`.
@@ -412,7 +442,20 @@ impl Tensor {
         match self.arena().backing() {
             Backing::Host => Device::Cpu,
             Backing::Meta => Device::Meta,
+            Backing::Cuda => Device::Cuda,
         }
+    }
+    /// Whether the bytes are GPU memory (ops run CUDA kernels on it).
+    pub fn is_cuda(&self) -> bool {
+        self.device() == Device::Cuda
+    }
+    /// The GPU of a CUDA tensor.
+    pub fn gpu(&self) -> Option<crate::cuda::Gpu> {
+        self.arena().gpu()
+    }
+    /// Device address of this view's first element (offset included).
+    pub fn device_ptr(&self) -> u64 {
+        self.0.storage.block.as_ptr() as u64 + (self.0.offset * self.dtype().size()) as u64
     }
     pub fn is_meta(&self) -> bool {
         self.0.storage.block.as_ptr().is_null()
@@ -468,7 +511,51 @@ impl Tensor {
         if self.is_meta() {
             return Err(Error::device(op, "a meta tensor has shapes and bytes but no values"));
         }
+        if self.is_cuda() {
+            return Err(Error::device(
+                op,
+                format!(
+                    "{:?} {} is in GPU memory and this op has no CUDA kernel; copy it with .copy_to(&host_arena, ..) or read it with .to_vec_f32()",
+                    self.shape(),
+                    self.dtype()
+                ),
+            ));
+        }
         Ok(())
+    }
+
+    /// The bytes of a dense host tensor.
+    fn raw_bytes(&self) -> Result<&[u8]> {
+        if !self.is_contiguous() || self.is_cuda() || self.is_meta() {
+            return Err(Error::invalid("bytes", "needs a dense host tensor"));
+        }
+        let p = self.0.storage.block.as_ptr();
+        let at = self.0.offset * self.dtype().size();
+        Ok(unsafe { std::slice::from_raw_parts(p.add(at), self.nbytes()) })
+    }
+
+    #[allow(clippy::mut_from_ref)]
+    fn raw_bytes_mut(&self) -> Result<&mut [u8]> {
+        let b = self.raw_bytes()?;
+        Ok(unsafe { std::slice::from_raw_parts_mut(b.as_ptr() as *mut u8, b.len()) })
+    }
+
+    /// Write a dense CUDA tensor's bytes from the host.
+    fn upload(&self, bytes: &[u8]) -> Result<()> {
+        let g = self.gpu().ok_or_else(|| Error::device("upload", "not a CUDA tensor"))?;
+        if !self.is_contiguous() || bytes.len() != self.nbytes() {
+            return Err(Error::invalid("upload", "needs a dense tensor of exactly these bytes"));
+        }
+        g.upload(self.device_ptr(), bytes)
+    }
+
+    /// Read a dense CUDA tensor's bytes to the host.
+    fn download(&self, bytes: &mut [u8]) -> Result<()> {
+        let g = self.gpu().ok_or_else(|| Error::device("download", "not a CUDA tensor"))?;
+        if !self.is_contiguous() || bytes.len() != self.nbytes() {
+            return Err(Error::invalid("download", "needs a dense tensor of exactly these bytes"));
+        }
+        g.download(bytes, self.device_ptr())
     }
 
     /// The whole storage as elements (views index it with strides and offset).
@@ -505,14 +592,20 @@ impl Tensor {
         (!p.is_null()).then(|| unsafe { std::slice::from_raw_parts_mut(p, self.0.storage.nbytes()) })
     }
 
-    /// Values as f32, in logical (row-major) order.
+    /// Values as f32, in logical (row-major) order (a GPU tensor is copied to the host).
     pub fn to_vec_f32(&self) -> Result<Vec<f32>> {
+        if self.is_cuda() {
+            return self.copy_to(&Arena::host(), Tag::Temporary)?.to_vec_f32();
+        }
         let t = self.contiguous_untracked("to_vec_f32")?;
         Ok(with_float!("to_vec_f32", t.dtype(), |T| t.data::<T>()?.iter().map(|v| v.to_f32()).collect()))
     }
 
-    /// Values of any stored type, in logical order.
+    /// Values of any stored type, in logical order (a GPU tensor is copied to the host).
     pub fn to_vec<T: Element>(&self) -> Result<Vec<T>> {
+        if self.is_cuda() {
+            return self.copy_to(&Arena::host(), Tag::Temporary)?.to_vec::<T>();
+        }
         let t = self.contiguous_untracked("to_vec")?;
         Ok(t.data::<T>()?.to_vec())
     }
@@ -534,7 +627,9 @@ impl Tensor {
             return Ok(self.clone());
         }
         let out = Tensor::empty(self.arena(), self.shape(), self.dtype(), Tag::Temporary, label)?;
-        if !self.is_meta() {
+        if self.is_cuda() {
+            crate::cuda::ops::copy_strided(self, &out)?;
+        } else if !self.is_meta() {
             let strides = out.strides().to_vec();
             unsafe { crate::ops::copy_strided(self, out.storage().block().as_ptr(), &strides, 0) };
         }

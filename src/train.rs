@@ -3,7 +3,8 @@
 //! precision with dynamic loss scaling, recovery from out-of-memory steps and
 //! crash-safe checkpoints — and live memory figures.
 
-use crate::alloc::{fmt_bytes, Arena, ArenaConfig, Backing, Recording, StaticFigures, Stats, Tag};
+use crate::alloc::{fmt_bytes, Arena, ArenaConfig, Backing, Recording, StaticFigures, Stats, Tag, Target};
+use crate::cuda::DeviceChoice;
 use crate::autograd::{self, no_grad};
 use crate::checkpoint::{self, TrainerState, FORMAT};
 use crate::data::synthetic::Synthetic;
@@ -93,6 +94,8 @@ pub struct TrainConfig {
     /// Samples of a synthetic task's training and held-out splits.
     pub train_samples: usize,
     pub test_samples: usize,
+    /// Where to train: the CPU, the GPU, or the GPU when there is one.
+    pub device: DeviceChoice,
     /// Read the preset's data from `.npy` files here (see `data::files`)
     /// instead of its synthetic task.
     pub data_dir: Option<PathBuf>,
@@ -152,6 +155,7 @@ impl Default for TrainConfig {
             model: ModelConfig::digits(64, 2, 128),
             train_samples: 0,
             test_samples: 0,
+            device: DeviceChoice::Cpu,
             data_dir: None,
             downsample: 1,
             batch: 32,
@@ -598,7 +602,7 @@ fn unscale(params: &[Tensor], factor: f32) -> Result<()> {
 /// With `cfg.static_plan`, the second step's plan is installed and a third
 /// step replays it. Returns the arena, the run and the second step's recording.
 pub fn simulate(cfg: &TrainConfig, recompute: Vec<bool>, trace: bool) -> Result<(Arena, Run, Recording)> {
-    let arena = Arena::new(ArenaConfig { budget: None, backing: Backing::Meta, trace })
+    let arena = Arena::new(ArenaConfig { budget: None, backing: Backing::Meta, trace, plan_for: target(cfg) })
         .map_err(|e| Error::invalid("plan", e.to_string()))?;
     let quiet = TrainConfig { progress: false, budget: None, ..cfg.clone() };
     let mut run = Run::new(&quiet, arena.clone())?;
@@ -647,6 +651,17 @@ pub fn resolve_recompute(cfg: &TrainConfig) -> Result<Vec<bool>> {
     ))
 }
 
+/// The device a run of `cfg` allocates for: what `plan` predicts. `Auto`
+/// plans for the GPU when a CUDA driver is present, as `train` would use it.
+pub fn target(cfg: &TrainConfig) -> Target {
+    match cfg.device {
+        DeviceChoice::Cpu => Target::Cpu,
+        DeviceChoice::Cuda => Target::Cuda,
+        DeviceChoice::Auto if crate::cuda::driver_available() => Target::Cuda,
+        DeviceChoice::Auto => Target::Cpu,
+    }
+}
+
 /// Repeated blocks of a model that recompute policies choose from.
 pub fn model_blocks(model: &ModelConfig) -> Result<usize> {
     let arena = Arena::new(ArenaConfig { backing: Backing::Meta, ..Default::default() })
@@ -665,8 +680,17 @@ pub fn model_blocks(model: &ModelConfig) -> Result<usize> {
 /// ```
 pub fn train(cfg: &TrainConfig) -> Result<TrainReport> {
     let recompute = resolve_recompute(cfg)?;
-    let arena = Arena::new(ArenaConfig { budget: cfg.budget, ..Default::default() })
-        .map_err(|e| Error::invalid("train", e.to_string()))?;
+    let config = ArenaConfig { budget: cfg.budget, ..Default::default() };
+    let arena = match crate::cuda::select(cfg.device, !cfg.progress)? {
+        Some(gpu) => {
+            if cfg.progress {
+                eprintln!("training on {}", gpu.name());
+            }
+            Arena::cuda(&gpu, config)
+        }
+        None => Arena::new(config),
+    }
+    .map_err(|e| Error::invalid("train", e.to_string()))?;
     let mut run = Run::new(cfg, arena.clone())?;
     run.recompute = recompute;
     if cfg.resume {

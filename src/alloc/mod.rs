@@ -207,6 +207,19 @@ pub enum Backing {
     Host,
     /// No memory: bookkeeping only, for planning.
     Meta,
+    /// GPU memory (expandable device segments, or host memory standing in
+    /// for it under the CUDA emulator); see [`Arena::cuda`].
+    Cuda,
+}
+
+/// Whose kernels a tensor's ops run, and so whose workspace rules its
+/// bytes follow: the CPU's or the GPU's. A meta arena plans for one of them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Target {
+    #[default]
+    Cpu,
+    Cuda,
 }
 
 /// Why a request failed.
@@ -318,11 +331,14 @@ pub struct ArenaConfig {
     pub backing: Backing,
     /// Record every event (see [`Arena::trace_json`]).
     pub trace: bool,
+    /// For a meta arena: the device whose allocations it predicts. Host
+    /// arenas are always Cpu, CUDA arenas Cuda.
+    pub plan_for: Target,
 }
 
 impl Default for ArenaConfig {
     fn default() -> Self {
-        ArenaConfig { budget: None, backing: Backing::Host, trace: false }
+        ArenaConfig { budget: None, backing: Backing::Host, trace: false, plan_for: Target::Cpu }
     }
 }
 
@@ -358,6 +374,9 @@ pub struct LiveBlock {
 struct Inner {
     budget: Option<usize>,
     backing: Backing,
+    target: Target,
+    /// The device of a CUDA arena: makes its segments, runs its kernels.
+    gpu: Option<crate::cuda::Gpu>,
     pools: [Pool; 2],
     live: std::collections::HashMap<(u8, usize), Live>,
     stats: Stats,
@@ -392,6 +411,20 @@ impl fmt::Debug for Arena {
 
 impl Arena {
     pub fn new(config: ArenaConfig) -> Result<Arena, SegmentError> {
+        if config.backing == Backing::Cuda {
+            return Err(SegmentError("a CUDA arena needs its GPU: use Arena::cuda".into()));
+        }
+        Arena::build(config, None)
+    }
+
+    /// An arena of `gpu`'s memory (`config.backing` is ignored): the same
+    /// pools, rounding, budget and stats as a host arena, over expandable
+    /// device segments.
+    pub fn cuda(gpu: &crate::cuda::Gpu, config: ArenaConfig) -> Result<Arena, SegmentError> {
+        Arena::build(ArenaConfig { backing: Backing::Cuda, plan_for: Target::Cuda, ..config }, Some(gpu.clone()))
+    }
+
+    fn build(config: ArenaConfig, gpu: Option<crate::cuda::Gpu>) -> Result<Arena, SegmentError> {
         // Address space is free; reserve twice what can ever be committed so
         // fragmentation of the range can never be what fails a request. A
         // meta arena plans runs far larger than this machine: 64 TiB. Both
@@ -399,9 +432,10 @@ impl Arena {
         let host_cap = config.budget.unwrap_or(0).max(physical_memory()).saturating_mul(2).min(MAX_HOST_RESERVE);
         let meta_cap = config.budget.map_or(META_RESERVE, |b| b.saturating_mul(2).min(MAX_META_RESERVE));
         let make = || -> Result<Box<dyn Segment>, SegmentError> {
-            Ok(match config.backing {
-                Backing::Host => Box::new(HostSegment::reserve(host_cap)?),
-                Backing::Meta => Box::new(MetaSegment::new(meta_cap)),
+            Ok(match (config.backing, &gpu) {
+                (Backing::Meta, _) => Box::new(MetaSegment::new(meta_cap)),
+                (Backing::Cuda, Some(g)) => g.segment(host_cap)?,
+                _ => Box::new(HostSegment::reserve(host_cap)?),
             })
         };
         let pools = [Pool::new(make()?), Pool::new(make()?)];
@@ -409,6 +443,12 @@ impl Arena {
             inner: Arc::new(Mutex::new(Inner {
                 budget: config.budget,
                 backing: config.backing,
+                target: match config.backing {
+                    Backing::Host => Target::Cpu,
+                    Backing::Cuda => Target::Cuda,
+                    Backing::Meta => config.plan_for,
+                },
+                gpu,
                 pools,
                 live: Default::default(),
                 stats: Stats::default(),
@@ -431,6 +471,14 @@ impl Arena {
 
     pub fn backing(&self) -> Backing {
         self.lock().backing
+    }
+    /// Whose kernels (and workspace rules) this arena's tensors use.
+    pub fn target(&self) -> Target {
+        self.lock().target
+    }
+    /// The GPU of a CUDA arena.
+    pub fn gpu(&self) -> Option<crate::cuda::Gpu> {
+        self.lock().gpu.clone()
     }
     pub fn budget(&self) -> Option<usize> {
         self.lock().budget

@@ -274,14 +274,17 @@ impl Arena {
         if inner.budget.is_some_and(|b| inner.stats.reserved.current + committed > b) {
             return Err(oom(inner, OomReason::Budget));
         }
-        let seg: Box<dyn Segment> = match inner.backing {
-            Backing::Meta => Box::new(MetaSegment::new(committed)),
-            Backing::Host => {
-                let mut seg = HostSegment::reserve(committed).map_err(|e| oom(inner, OomReason::Os(e.0)))?;
+        let seg: Box<dyn Segment> = match (inner.backing, &inner.gpu) {
+            (Backing::Meta, _) => Box::new(MetaSegment::new(committed)),
+            (backing, gpu) => {
+                let mut seg: Box<dyn Segment> = match (backing, gpu) {
+                    (Backing::Cuda, Some(g)) => g.segment(committed).map_err(|e| oom(inner, OomReason::Os(e.0)))?,
+                    _ => Box::new(HostSegment::reserve(committed).map_err(|e| oom(inner, OomReason::Os(e.0)))?),
+                };
                 if committed > 0 {
                     seg.commit(0, committed).map_err(|e| oom(inner, OomReason::Os(e.0)))?;
                 }
-                Box::new(seg)
+                seg
             }
         };
         inner.tick();

@@ -289,6 +289,12 @@ pub const LAUNCH: &[LaunchSpec] = &[
     spec("scale_f32", EW, 256, PAIRS, Smem::None),
     spec("scale_f16", EW, 256, PAIRS, Smem::None),
     spec("scale_bf16", EW, 256, PAIRS, Smem::None),
+    spec("copy_strided_b1", EW, 256, ONE, Smem::None),
+    spec("copy_strided_b2", EW, 256, ONE, Smem::None),
+    spec("copy_strided_b4", EW, 256, ONE, Smem::None),
+    spec("affine_f32", EW, 256, PAIRS, Smem::None),
+    spec("affine_f16", EW, 256, PAIRS, Smem::None),
+    spec("affine_bf16", EW, 256, PAIRS, Smem::None),
     spec("sum_last_f32", RD, 256, Grid::Rows, Smem::None),
     spec("sum_last_f16", RD, 256, Grid::Rows, Smem::None),
     spec("sum_last_bf16", RD, 256, Grid::Rows, Smem::None),
@@ -641,6 +647,28 @@ pub fn cast(from: DType, to: DType, x: u64, y: u64, n: usize) -> Result<Launch> 
 /// `x *= s` in place.
 pub fn scale(dtype: DType, x: u64, n: usize, s: f32) -> Result<Launch> {
     named("scale", dtype)?.elements(n, vec![KernelArg::Ptr(x), len_arg(n), KernelArg::F32(s)])
+}
+
+/// `out = src` read through `strides` (in elements) over `shape`, out dense;
+/// elements of `width` bytes (1, 2 or 4).
+pub fn copy_strided(width: usize, shape: &[usize], strides: &[usize], src: u64, out: u64) -> Result<Launch> {
+    let n: usize = shape.iter().product();
+    let kernel = match width {
+        1 => "copy_strided_b1",
+        2 => "copy_strided_b2",
+        4 => "copy_strided_b4",
+        w => return Err(Error::cuda("copy_strided", format!("elements of {w} bytes; the kernels copy 1, 2 or 4"))),
+    };
+    let zeros = vec![0; shape.len()];
+    let bc = Broadcast::new("copy_strided", shape, strides, &zeros)?;
+    let args = vec![KernelArg::Ptr(src), KernelArg::Ptr(out), KernelArg::Broadcast(bc), len_arg(n)];
+    spec_of(kernel)?.elements(n, args)
+}
+
+/// `y = a·x + b`, both dense with `n` elements.
+pub fn affine(dtype: DType, x: u64, y: u64, n: usize, a: f32, b: f32) -> Result<Launch> {
+    let args = vec![KernelArg::Ptr(x), KernelArg::Ptr(y), len_arg(n), KernelArg::F32(a), KernelArg::F32(b)];
+    named("affine", dtype)?.elements(n, args)
 }
 
 /// `out[r] = scale · Σ_c x[r, c]` for dense `[rows, cols]`.

@@ -7,14 +7,20 @@
 //! is missing, so nothing here calls into cudarc before a probe has said the
 //! library is present.
 
+pub mod blas;
 pub mod emulator;
+mod gpu;
 pub mod kernels;
 pub mod nvrtc;
+pub mod ops;
+mod segment;
 
 use std::fmt;
 use std::path::PathBuf;
 
+pub use gpu::{select, DeviceChoice, Driver, Engine, Gpu};
 pub use kernels::{KernelArg, Launch, LaunchSpec, LAUNCH};
+pub use segment::CudaSegment;
 
 /// What `probe` found on device 0.
 #[derive(Clone, Debug, PartialEq)]

@@ -26,6 +26,15 @@ impl Bin {
             Bin::Div => "div",
         }
     }
+    fn cuda(self) -> crate::cuda::kernels::BinaryOp {
+        use crate::cuda::kernels::BinaryOp as B;
+        match self {
+            Bin::Add => B::Add,
+            Bin::Sub => B::Sub,
+            Bin::Mul => B::Mul,
+            Bin::Div => B::Div,
+        }
+    }
     fn f(self) -> fn(f32, f32) -> f32 {
         match self {
             Bin::Add => |x, y| x + y,
@@ -44,7 +53,10 @@ fn binary_raw(op: Bin, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     super::float_only(name, a)?;
     let shape = super::broadcast_shapes(name, a.shape(), b.shape())?;
     let out = output(name, a, &shape, a.dtype())?;
-    if !out.is_meta() {
+    if out.is_cuda() {
+        let (sa, sb) = (a.broadcast_strides(&shape), b.broadcast_strides(&shape));
+        crate::cuda::ops::binary(op.cuda(), a, &sa, b, &sb, &out)?;
+    } else if !out.is_meta() {
         let (sa, sb) = (a.broadcast_strides(&shape), b.broadcast_strides(&shape));
         with_float!(name, a.dtype(), |T| {
             let va = View { data: a.storage_data::<T>()?, strides: &sa, offset: a.offset() };
@@ -107,6 +119,20 @@ fn sigmoid(x: f32) -> f32 {
 }
 
 impl Unary {
+    fn cuda(self) -> crate::cuda::kernels::UnaryOp {
+        use crate::cuda::kernels::UnaryOp as U;
+        match self {
+            Unary::Neg => U::Neg,
+            Unary::Exp => U::Exp,
+            Unary::Log => U::Log,
+            Unary::Sqrt => U::Sqrt,
+            Unary::Relu => U::Relu,
+            Unary::Gelu => U::Gelu,
+            Unary::Silu => U::Silu,
+            Unary::Tanh => U::Tanh,
+            Unary::Sigmoid => U::Sigmoid,
+        }
+    }
     fn name(self) -> &'static str {
         match self {
             Unary::Neg => "neg",
@@ -165,7 +191,9 @@ fn unary_raw(op: Unary, x: &Tensor, f: impl Fn(f32) -> f32 + Sync) -> Result<Ten
     super::float_only(name, x)?;
     let x = x.contiguous_untracked(name)?;
     let out = output(name, &x, x.shape(), x.dtype())?;
-    if !out.is_meta() {
+    if out.is_cuda() {
+        crate::cuda::ops::unary(op.cuda(), &x, &out)?;
+    } else if !out.is_meta() {
         with_float!(name, x.dtype(), |T| k::unary::<T, T>(x.data::<T>()?, out.data_mut::<T>()?, f));
     }
     Ok(out)
@@ -190,7 +218,9 @@ fn unary(op: Unary, x: &Tensor) -> Result<Tensor> {
         let v = s[0].contiguous_untracked(op.name())?;
         let g = g.contiguous_untracked(op.name())?;
         let dx = output(op.name(), &v, v.shape(), v.dtype())?;
-        if !dx.is_meta() {
+        if dx.is_cuda() {
+            crate::cuda::ops::unary_grad(op.cuda(), &v, &g, &dx)?;
+        } else if !dx.is_meta() {
             let df = op.df();
             let by_x = save_x;
             with_float!(op.name(), v.dtype(), |T| k::zip2::<T, T, T>(
@@ -208,7 +238,9 @@ fn scalar_op(name: &'static str, x: &Tensor, mul: f32, add: f32) -> Result<Tenso
     super::float_only(name, x)?;
     let x2 = x.contiguous_untracked(name)?;
     let out = output(name, &x2, x2.shape(), x2.dtype())?;
-    if !out.is_meta() {
+    if out.is_cuda() {
+        crate::cuda::ops::affine(&x2, &out, mul, add)?;
+    } else if !out.is_meta() {
         with_float!(name, x2.dtype(), |T| k::unary::<T, T>(x2.data::<T>()?, out.data_mut::<T>()?, |v| v * mul + add));
     }
     Ok(record(name, &[x], out, vec![], move |_, g| {
@@ -280,7 +312,9 @@ impl Tensor {
         }
         let x = self.contiguous_untracked("to_dtype")?;
         let out = output("to_dtype", &x, x.shape(), dtype)?;
-        if !out.is_meta() {
+        if out.is_cuda() {
+            crate::cuda::ops::cast(&x, &out)?;
+        } else if !out.is_meta() {
             with_float!("to_dtype", x.dtype(), |I| with_float!("to_dtype", dtype, |O| k::unary::<I, O>(
                 x.data::<I>()?,
                 out.data_mut::<O>()?,
@@ -301,9 +335,20 @@ pub(crate) fn add_into(acc: &Tensor, x: &Tensor) -> Result<()> {
         return Err(crate::error::Error::shape("add_into", format!("{:?} += {:?}", acc.shape(), x.shape())));
     }
     // Before the meta check: a strided x costs a dense copy on every device.
-    let x = x.contiguous_untracked("add_into")?;
+    let mut x = x.contiguous_untracked("add_into")?;
+    // The GPU adds one dtype: cast first, on the meta device too.
+    if acc.arena().target() == crate::alloc::Target::Cuda && x.dtype() != acc.dtype() {
+        let c = output("add_into", &x, x.shape(), acc.dtype())?;
+        if c.is_cuda() {
+            crate::cuda::ops::cast(&x, &c)?;
+        }
+        x = c;
+    }
     if acc.is_meta() {
         return Ok(());
+    }
+    if acc.is_cuda() {
+        return crate::cuda::ops::add_into(acc, &x);
     }
     with_float!("add_into", acc.dtype(), |T| with_float!("add_into", x.dtype(), |X| k::add_assign::<T, X>(
         acc.data_mut::<T>()?,
@@ -315,7 +360,9 @@ pub(crate) fn add_into(acc: &Tensor, x: &Tensor) -> Result<()> {
 /// A dense copy with its own storage under `tag`, no autograd.
 pub(crate) fn copy(x: &Tensor, tag: Tag) -> Result<Tensor> {
     let out = Tensor::empty(x.arena(), x.shape(), x.dtype(), tag, "copy")?;
-    if !out.is_meta() {
+    if out.is_cuda() {
+        crate::cuda::ops::copy_strided(x, &out)?;
+    } else if !out.is_meta() {
         // Straight from a strided view: no intermediate dense copy (which the
         // meta device would not make).
         let strides = out.strides().to_vec();

@@ -10,6 +10,7 @@ use crate::cpu::matmul::{gemm_f32, Layout};
 use crate::cpu::row_offset;
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Float, Tensor};
+use crate::cuda::ops as cuda;
 use crate::with_float;
 
 impl Tensor {
@@ -55,7 +56,16 @@ fn bmm(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let mut shape = a.shape()[..r - 2].to_vec();
     shape.extend([m, n]);
     let out = output("matmul", a, &shape, a.dtype())?;
-    if a.dtype() != DType::F32 {
+    if a.arena().target() == crate::alloc::Target::Cuda {
+        // cuBLAS reads a transposed view in place; anything else is made
+        // dense first — decided from strides, so the meta device copies too.
+        let dense = |t: &Tensor| if cuda::is_operand(t) { Ok(t.clone()) } else { t.contiguous_untracked("matmul") };
+        let (ca, cb) = (dense(a)?, dense(b)?);
+        let ws = cuda::gemm_workspace(&ca)?;
+        if out.is_cuda() {
+            cuda::matmul(&ca, &cb, &out, &ws)?;
+        }
+    } else if a.dtype() != DType::F32 {
         // Declared up front so the planner sees the same bytes (meta included).
         let ws = Tensor::empty(a.arena(), &[m * k + k * n + m * n], DType::F32, Tag::Workspace, "matmul")?;
         if !out.is_meta() {

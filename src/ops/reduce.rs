@@ -42,6 +42,25 @@ fn out_shape(x: &Tensor, reduce: &[bool], keepdim: bool) -> Vec<usize> {
 
 fn sum_raw(op: &'static str, x: &Tensor, reduce: &[bool], keepdim: bool, scale: f64) -> Result<Tensor> {
     let out = output(op, x, &out_shape(x, reduce, keepdim), x.dtype())?;
+    if x.arena().target() == crate::alloc::Target::Cuda {
+        // The GPU sums rows: reduced dims last, in one dense copy (on the
+        // meta device too), then one block per kept element.
+        let perm: Vec<usize> = (0..x.rank()).filter(|&d| !reduce[d]).chain((0..x.rank()).filter(|&d| reduce[d])).collect();
+        let rows = out.numel();
+        let view = x.restride(
+            perm.iter().map(|&d| x.shape()[d]).collect(),
+            perm.iter().map(|&d| x.strides()[d]).collect(),
+            x.offset(),
+        );
+        let dense = view.contiguous_untracked(op)?;
+        if out.is_cuda() {
+            let cols = if rows == 0 { 0 } else { x.numel() / rows };
+            if rows > 0 {
+                crate::cuda::ops::sum_last(&dense, &out, rows, cols, scale as f32)?;
+            }
+        }
+        return Ok(out);
+    }
     if !out.is_meta() {
         let (ks, kst, rs, rst) = split(x, reduce);
         let s = Split { kept_shape: &ks, kept_strides: &kst, red_shape: &rs, red_strides: &rst, offset: x.offset() };
@@ -174,14 +193,23 @@ fn softmax_op(x: &Tensor, axis: isize, log: bool) -> Result<Tensor> {
     let xc = x.contiguous()?;
     let cols = x.shape().last().copied().unwrap_or(1);
     let out = output(op, &xc, xc.shape(), xc.dtype())?;
-    if !out.is_meta() {
+    let rows = if cols == 0 { 0 } else { xc.numel() / cols };
+    if out.is_cuda() {
+        if rows > 0 {
+            crate::cuda::ops::softmax(log, &xc, &out, rows, cols)?;
+        }
+    } else if !out.is_meta() {
         with_float!(op, xc.dtype(), |T| k::softmax::<T>(xc.data::<T>()?, cols, log, out.data_mut::<T>()?));
     }
     Ok(record(op, &[&xc], out.clone(), vec![out], move |s, g| {
         let g = g[0].as_ref().expect("gradient").contiguous()?;
         let y = &s[0];
         let dx = output(op, y, y.shape(), y.dtype())?;
-        if !dx.is_meta() {
+        if dx.is_cuda() {
+            if rows > 0 {
+                crate::cuda::ops::softmax_grad(log, y, &g, &dx, rows, cols)?;
+            }
+        } else if !dx.is_meta() {
             with_float!(op, y.dtype(), |T| k::softmax_backward::<T>(
                 y.data::<T>()?,
                 g.data::<T>()?,
