@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 use headroom::alloc::{fmt_bytes, parse_bytes, Arena, ArenaConfig, Tag};
 use headroom::bench;
+use headroom::cuda::DeviceChoice;
 use headroom::model::ModelConfig;
 use headroom::ops::AttentionKind;
 use headroom::plan;
@@ -143,6 +144,11 @@ struct TrainArgs {
     /// Full passes over the data (default: the preset's, 8 for digits, 1 otherwise).
     #[arg(long)]
     epochs: Option<usize>,
+    /// Where to run: auto (the GPU when a CUDA driver and device are there,
+    /// else the CPU, saying so), cpu or cuda (an error without a GPU).
+    /// `plan` and `fit` predict for the GPU with cuda, on any machine.
+    #[arg(long, default_value = "auto", value_parser = DeviceChoice::parse)]
+    device: DeviceChoice,
     /// Read the preset's data from .npy files in DIR (x.npy or x/, y.npy or
     /// y/; see `data::files`), streamed batch by batch, instead of its
     /// synthetic task.
@@ -247,6 +253,7 @@ impl TrainArgs {
         Ok(TrainConfig {
             model,
             steps: self.steps,
+            device: self.device,
             data_dir: self.data.clone(),
             downsample: self.downsample,
             epochs: self.epochs.unwrap_or(base.epochs),

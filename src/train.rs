@@ -4,9 +4,9 @@
 //! crash-safe checkpoints — and live memory figures.
 
 use crate::alloc::{fmt_bytes, Arena, ArenaConfig, Backing, Recording, StaticFigures, Stats, Tag, Target};
-use crate::cuda::DeviceChoice;
 use crate::autograd::{self, no_grad};
 use crate::checkpoint::{self, TrainerState, FORMAT};
+use crate::cuda::DeviceChoice;
 use crate::data::synthetic::Synthetic;
 use crate::data::{spoken_digits, Dataset};
 use crate::error::{Error, Result};

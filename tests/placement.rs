@@ -184,8 +184,8 @@ fn recording_keeps_a_running_trace_and_its_starting_state() {
 
 // ---- the trainer hook -------------------------------------------------------
 
-use headroom::plan::plan;
 use headroom::model::ModelConfig;
+use headroom::plan::plan;
 use headroom::train::{train, TrainConfig};
 
 fn small(steps: usize) -> TrainConfig {

@@ -170,7 +170,8 @@ fn a_long_step_is_downsampled_and_keeps_its_peak() {
         batch: 16,
         progress: false,
         ..Default::default()
-    }).unwrap();
+    })
+    .unwrap();
     let (points, peak, _) = report::timeline(&big.step);
     assert!(points.len() > MAX_POINTS, "{} points: not a long step", points.len());
     let html = report::for_plan(&big, &big.step);

@@ -268,9 +268,8 @@ impl Arena {
         let plan = StaticPlan::new(step, &Layout { free, base });
         let region = plan.summary.region;
         let committed = round_up(region, PAGE_SIZE);
-        let oom = |inner: &Inner, reason| {
-            Error::from(inner.oom(region, committed, Tag::Temporary, "static plan", reason))
-        };
+        let oom =
+            |inner: &Inner, reason| Error::from(inner.oom(region, committed, Tag::Temporary, "static plan", reason));
         if inner.budget.is_some_and(|b| inner.stats.reserved.current + committed > b) {
             return Err(oom(inner, OomReason::Budget));
         }

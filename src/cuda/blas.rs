@@ -189,7 +189,17 @@ mod tests {
     use super::*;
 
     /// Row-major product by definition, for checking the translation.
-    fn naive(a: &[f32], ars: usize, acs: usize, b: &[f32], brs: usize, bcs: usize, m: usize, k: usize, n: usize) -> Vec<f32> {
+    fn naive(
+        a: &[f32],
+        ars: usize,
+        acs: usize,
+        b: &[f32],
+        brs: usize,
+        bcs: usize,
+        m: usize,
+        k: usize,
+        n: usize,
+    ) -> Vec<f32> {
         let mut c = vec![0.0; m * n];
         for i in 0..m {
             for j in 0..n {

@@ -102,7 +102,11 @@ impl Gpu {
     /// The CPU harness standing in for a GPU (tests; needs g++).
     pub fn emulator() -> Result<Gpu> {
         let em = Emulator::new()?;
-        Ok(Gpu(Arc::new(GpuInner { name: "CUDA emulator (CPU harness)".into(), arch: SM90, engine: Engine::Emulator(em) })))
+        Ok(Gpu(Arc::new(GpuInner {
+            name: "CUDA emulator (CPU harness)".into(),
+            arch: SM90,
+            engine: Engine::Emulator(em),
+        })))
     }
 
     pub fn name(&self) -> &str {
@@ -276,8 +280,10 @@ impl Driver {
         // SAFETY: `params` matches the kernel's signature (the harness checks
         // the same argument lists against the real parameter lists), and
         // every pointer argument is a live arena block.
-        unsafe { cu::launch_kernel(f, (g[0], g[1], g[2]), (b[0], b[1], b[2]), l.smem, self.stream.cu_stream(), &mut params) }
-            .map_err(driver_err(l.kernel))
+        unsafe {
+            cu::launch_kernel(f, (g[0], g[1], g[2]), (b[0], b[1], b[2]), l.smem, self.stream.cu_stream(), &mut params)
+        }
+        .map_err(driver_err(l.kernel))
     }
 
     fn gemm(&mut self, g: &Gemm, workspace: (u64, usize)) -> Result<()> {

@@ -145,7 +145,10 @@ pub fn matmul(a: &Tensor, b: &Tensor, out: &Tensor, ws: &Tensor) -> Result<()> {
     let (m, kk, n) = (a.shape()[r - 2], a.shape()[r - 1], b.shape()[r - 1]);
     let batch: usize = out.shape()[..r - 2].iter().product();
     let not_operand = |t: &Tensor| {
-        Error::cuda("matmul", format!("{:?} with strides {:?}: make it dense first (see is_operand)", t.shape(), t.strides()))
+        Error::cuda(
+            "matmul",
+            format!("{:?} with strides {:?}: make it dense first (see is_operand)", t.shape(), t.strides()),
+        )
     };
     let oa = operand(a).ok_or_else(|| not_operand(a))?;
     let ob = operand(b).ok_or_else(|| not_operand(b))?;

@@ -8,9 +8,9 @@ use crate::alloc::Tag;
 use crate::autograd::record;
 use crate::cpu::matmul::{gemm_f32, Layout};
 use crate::cpu::row_offset;
+use crate::cuda::ops as cuda;
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Float, Tensor};
-use crate::cuda::ops as cuda;
 use crate::with_float;
 
 impl Tensor {

@@ -45,7 +45,8 @@ fn sum_raw(op: &'static str, x: &Tensor, reduce: &[bool], keepdim: bool, scale: 
     if x.arena().target() == crate::alloc::Target::Cuda {
         // The GPU sums rows: reduced dims last, in one dense copy (on the
         // meta device too), then one block per kept element.
-        let perm: Vec<usize> = (0..x.rank()).filter(|&d| !reduce[d]).chain((0..x.rank()).filter(|&d| reduce[d])).collect();
+        let perm: Vec<usize> =
+            (0..x.rank()).filter(|&d| !reduce[d]).chain((0..x.rank()).filter(|&d| reduce[d])).collect();
         let rows = out.numel();
         let view = x.restride(
             perm.iter().map(|&d| x.shape()[d]).collect(),
