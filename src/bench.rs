@@ -171,6 +171,34 @@ pub fn specs() -> Vec<Spec> {
     ]
 }
 
+/// `--smoke`: each benchmark on a small shape that is not a multiple of any
+/// tile, to check quickly that every kernel runs on a device.
+pub fn smoke(specs: &[Spec]) -> Vec<Spec> {
+    use Op::*;
+    let mut out: Vec<Spec> = vec![];
+    for s in specs {
+        let op = match s.op {
+            Matmul { batch, .. } => Matmul { batch: batch.min(2), m: 37, k: 19, n: 23 },
+            Add { .. } => Add { rows: 33, cols: 70 },
+            Gelu { .. } => Gelu { rows: 33, cols: 70 },
+            Softmax { .. } => Softmax { rows: 33, cols: 70 },
+            Sum { axis, .. } => Sum { rows: 33, cols: 70, axis },
+            Copy { .. } => Copy { rows: 33, cols: 70 },
+            LayerNorm { .. } => LayerNorm { rows: 33, cols: 70 },
+            CrossEntropy { .. } => CrossEntropy { rows: 33, classes: 70 },
+            Attention { d, .. } => Attention { batch: 1, heads: 2, n: 70, d },
+            Conv2d { k, .. } => Conv2d { batch: 1, cin: 3, hw: 9, cout: 4, k },
+            Embedding { .. } => Embedding { vocab: 50, dim: 16, tokens: 33 },
+            AdamW { .. } => AdamW { n: 1000 },
+        };
+        let small = Spec { op, dtype: s.dtype };
+        if !out.contains(&small) {
+            out.push(small);
+        }
+    }
+    out
+}
+
 impl Spec {
     pub fn kernel(&self) -> &'static str {
         match self.op {
@@ -563,11 +591,13 @@ pub struct Row {
     pub peak_share: f64,
 }
 
-pub fn row(spec: &Spec, t: Timing, m: &Machine) -> Row {
+/// `peak_gflops` and `bandwidth_gbs` are the device's: the share of
+/// peak is taken against the one that bounds the kernel.
+pub fn row(spec: &Spec, t: Timing, peak_gflops: f64, bandwidth_gbs: f64) -> Row {
     let (gflops, gbs) = (spec.flops() / t.median_s / 1e9, spec.bytes() / t.median_s / 1e9);
     let peak_share = match spec.bound() {
-        Bound::Compute => gflops / m.peak_gflops,
-        Bound::Memory => gbs / m.bandwidth_gbs,
+        Bound::Compute => gflops / peak_gflops,
+        Bound::Memory => gbs / bandwidth_gbs,
     };
     Row {
         record: "result",
@@ -597,6 +627,10 @@ pub struct Options {
     /// Rayon threads; `None` uses one per online CPU.
     pub threads: Option<usize>,
     pub clock_mhz: Option<f64>,
+    /// Where to time the kernels: the CPU, or the GPU (`--device cuda`).
+    pub device: crate::cuda::DeviceChoice,
+    /// Small shapes only (`smoke`).
+    pub smoke: bool,
 }
 
 /// `--list`: every kernel and the shapes it runs.
@@ -625,8 +659,12 @@ pub fn select(kernels: &[String]) -> Result<Vec<Spec>> {
 /// Run the benchmark and write the table (or JSON lines) to `out`.
 pub fn run(opts: &Options, out: &mut (dyn Write + Send)) -> Result<()> {
     let specs = select(&opts.kernels)?;
+    let specs = if opts.smoke { smoke(&specs) } else { specs };
     if !(opts.min_time.is_finite() && opts.min_time >= 0.0) {
         return Err(Error::invalid("bench", format!("--min-time {} is not a time in seconds", opts.min_time)));
+    }
+    if let Some(gpu) = crate::cuda::select(opts.device, false)? {
+        return run_on_gpu(opts, &specs, &gpu, out);
     }
     let threads = opts.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     if threads == 0 {
@@ -675,7 +713,7 @@ fn run_in_pool(opts: &Options, specs: &[Spec], threads: usize, out: &mut dyn Wri
     }
     for spec in specs {
         let mut case = spec.build(&arena)?;
-        let r = row(spec, time(&mut case, opts.min_time)?, &m);
+        let r = row(spec, time(&mut case, opts.min_time)?, m.peak_gflops, m.bandwidth_gbs);
         drop(case);
         if opts.json {
             writeln!(out, "{}", serde_json::to_string(&r).expect("row serialises")).map_err(io)?;
@@ -697,6 +735,105 @@ fn run_in_pool(opts: &Options, specs: &[Spec], threads: usize, out: &mut dyn Wri
             "\n% peak: of the compute peak for matmul, attention and conv2d, of the measured bandwidth for the rest"
         )
         .map_err(io)?;
+    }
+    Ok(())
+}
+
+/// A GPU as the benchmark sees it: peaks derived from its attributes, and
+/// a measured copy bandwidth.
+#[derive(Clone, Debug, Serialize)]
+pub struct GpuMachine {
+    pub record: &'static str,
+    pub name: String,
+    pub multiprocessors: i32,
+    pub clock_mhz: f64,
+    /// Dense f16 tensor-core peak (what cuBLAS reaches for f16 products).
+    pub peak_tflops_f16: f64,
+    /// Plain f32 FMA peak (what our own kernels' FMA loops can reach).
+    pub peak_tflops_f32: f64,
+    pub peak_derivation: String,
+    pub bandwidth_gbs: f64,
+    pub bandwidth_derivation: String,
+}
+
+/// Time every spec on `gpu`, inputs in its arena.
+pub fn run_on_gpu(opts: &Options, specs: &[Spec], gpu: &crate::cuda::Gpu, out: &mut dyn Write) -> Result<()> {
+    let io = |e: std::io::Error| Error::io("stdout", e);
+    // FLOP per clock per SM from NVIDIA's architecture papers: dense f16
+    // tensor cores 4096 (sm_90), 2048 (sm_80), 1024 (sm_75 and consumer
+    // sm_8x, approximately); f32 FMA 2 × 64 lanes (sm_80) or 2 × 128.
+    // The emulator has no peak: its shares print as NaN.
+    let (sms, clock, tc, fma) = if gpu.is_emulator() {
+        (0, f64::NAN, f64::NAN, f64::NAN)
+    } else {
+        let info = crate::cuda::probe()?;
+        let tc = match info.compute_capability {
+            (9, _) => 4096.0,
+            (8, 0) => 2048.0,
+            _ => 1024.0,
+        };
+        let fma = if info.compute_capability == (8, 0) { 128.0 } else { 256.0 };
+        (info.multiprocessors, info.clock_khz as f64 / 1e3, tc, fma)
+    };
+    let per_sec = sms as f64 * clock * 1e6;
+    let arena = Arena::cuda(gpu, crate::alloc::ArenaConfig::default()).map_err(|e| Error::cuda("bench", e.0))?;
+    let n = if gpu.is_emulator() { 16usize << 20 } else { 256 << 20 };
+    let (a, b) = (
+        Tensor::zeros(&arena, &[n / 4], DType::F32, Tag::Workspace)?,
+        Tensor::zeros(&arena, &[n / 4], DType::F32, Tag::Workspace)?,
+    );
+    let mut best = f64::INFINITY;
+    for _ in 0..10 {
+        gpu.sync()?;
+        let t = Instant::now();
+        gpu.copy(b.device_ptr(), a.device_ptr(), n)?;
+        gpu.sync()?;
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    drop((a, b));
+    let m = GpuMachine {
+        record: "gpu",
+        name: gpu.name().to_string(),
+        multiprocessors: sms,
+        clock_mhz: clock,
+        peak_tflops_f16: per_sec * tc / 1e12,
+        peak_tflops_f32: per_sec * fma / 1e12,
+        peak_derivation: format!(
+            "{sms} SMs x {clock:.0} MHz (max clock attribute) x {tc} f16 tensor-core or {fma} f32 FMA FLOP/clock/SM"
+        ),
+        bandwidth_gbs: 2.0 * n as f64 / best / 1e9,
+        bandwidth_derivation: format!("device-to-device copy of {}, read + write, best of 10", fmt_bytes(n)),
+    };
+    if opts.json {
+        writeln!(out, "{}", serde_json::to_string(&m).expect("gpu serialises")).map_err(io)?;
+    } else {
+        writeln!(out, "{}: {:.0} TFLOP/s f16 tensor, {:.1} TFLOP/s f32 ({})", m.name, m.peak_tflops_f16, m.peak_tflops_f32, m.peak_derivation)
+            .map_err(io)?;
+        writeln!(out, "measured bandwidth: {:.0} GB/s ({})\n", m.bandwidth_gbs, m.bandwidth_derivation).map_err(io)?;
+        writeln!(out, "{:<13} {:<30} {:<5} {:>10} {:>16} {:>7}", "kernel", "shape", "dtype", "median", "rate", "% peak")
+            .map_err(io)?;
+    }
+    for spec in specs {
+        let mut case = spec.build(&arena)?;
+        // Drain the queue after every call, so a timing covers the launch and the work.
+        let (g, mut call) = (gpu.clone(), std::mem::replace(&mut case.run, Box::new(|| Ok(()))));
+        case.run = Box::new(move || {
+            call()?;
+            g.sync()
+        });
+        let peak = if spec.dtype == DType::F32 { m.peak_tflops_f32 } else { m.peak_tflops_f16 };
+        let r = row(spec, time(&mut case, opts.min_time)?, peak * 1e3, m.bandwidth_gbs);
+        if opts.json {
+            writeln!(out, "{}", serde_json::to_string(&r).expect("row serialises")).map_err(io)?;
+        } else {
+            let rate = match r.bound {
+                Bound::Compute => format!("{:.2} TFLOP/s", r.gflops / 1e3),
+                Bound::Memory => format!("{:.0} GB/s", r.gbs),
+            };
+            let (kernel, shape, dtype, median) = (r.kernel, &r.shape, r.dtype, fmt_secs(r.median_s));
+            writeln!(out, "{kernel:<13} {shape:<30} {dtype:<5} {median:>10} {rate:>16} {:>6.1}%", 100.0 * r.peak_share)
+                .map_err(io)?;
+        }
     }
     Ok(())
 }

@@ -66,6 +66,12 @@ enum Command {
         /// CPU clock for the compute peak, when /proc/cpuinfo has none or is wrong.
         #[arg(long)]
         clock_mhz: Option<f64>,
+        /// cpu, or cuda to time the kernels on the GPU (an error without one).
+        #[arg(long, default_value = "cpu", value_parser = DeviceChoice::parse)]
+        device: DeviceChoice,
+        /// Small shapes only: checks quickly that every kernel runs.
+        #[arg(long)]
+        smoke: bool,
     },
 }
 
@@ -79,12 +85,12 @@ fn main() -> ExitCode {
         Command::Fit(args) => run_fit(args),
         Command::Presets { json, table } => presets(json, table),
         Command::AllocDemo { budget } => alloc_demo(budget),
-        Command::Bench { kernels, list, min_time, json, threads, clock_mhz } => {
+        Command::Bench { kernels, list, min_time, json, threads, clock_mhz, device, smoke } => {
             if list {
                 print!("{}", bench::list());
                 Ok(())
             } else {
-                let opts = bench::Options { kernels, min_time, json, threads, clock_mhz };
+                let opts = bench::Options { kernels, min_time, json, threads, clock_mhz, device, smoke };
                 bench::run(&opts, &mut std::io::stdout()).map_err(Into::into)
             }
         }

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 const MIB: usize = 1 << 20;
 
 fn arena(backing: Backing, budget: Option<usize>) -> Arena {
-    Arena::new(ArenaConfig { budget, backing, trace: false }).unwrap()
+    Arena::new(ArenaConfig { budget, backing, ..Default::default() }).unwrap()
 }
 
 fn random_size(rng: &mut Rng, max: usize) -> usize {

@@ -30,7 +30,7 @@ fn step_body(arena: &Arena, acts: &[usize]) -> Vec<(&'static str, usize)> {
 const ACTS: [usize; 6] = [3 << 20, 1000, 5 << 20, 70_000, 3 << 20, 512];
 
 fn arena(backing: Backing, budget: Option<usize>) -> Arena {
-    Arena::new(ArenaConfig { backing, budget, trace: false }).unwrap()
+    Arena::new(ArenaConfig { backing, budget, ..Default::default() }).unwrap()
 }
 
 fn planned(arena: &Arena) -> Recording {

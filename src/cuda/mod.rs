@@ -30,6 +30,8 @@ pub struct DeviceInfo {
     pub compute_capability: (i32, i32),
     pub total_memory: usize,
     pub multiprocessors: i32,
+    /// Peak SM clock (kHz).
+    pub clock_khz: i32,
 }
 
 /// Why there is no CUDA device to use.
@@ -77,9 +79,10 @@ pub fn probe() -> Result<DeviceInfo, CudaUnavailable> {
     let major = attr(A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?;
     let minor = attr(A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?;
     let multiprocessors = attr(A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?;
+    let clock_khz = attr(A::CU_DEVICE_ATTRIBUTE_CLOCK_RATE)?;
     // SAFETY: as above.
     let total_memory = unsafe { result::device::total_mem(dev) }.map_err(|e| fail("cuDeviceTotalMem", e))?;
-    Ok(DeviceInfo { name, compute_capability: (major, minor), total_memory, multiprocessors })
+    Ok(DeviceInfo { name, compute_capability: (major, minor), total_memory, multiprocessors, clock_khz })
 }
 
 /// Root of headroom's on-disk caches (PTX, the harness library):
