@@ -104,6 +104,7 @@ fn main() -> ExitCode {
     }
 }
 
+#[allow(clippy::result_large_err)] // the demo handles the allocator's own OutOfMemory
 fn alloc_demo(budget: usize) -> Result<(), Box<dyn std::error::Error>> {
     let arena = Arena::new(ArenaConfig { budget: Some(budget), trace: true, ..Default::default() })?;
     // A 4-layer MLP of width 1024 at batch 256, f32: parameters, a forward

@@ -144,7 +144,7 @@ pub struct SelfAttention {
 
 impl SelfAttention {
     pub fn new(arena: &Arena, dim: usize, heads: usize, rng: &mut Rng) -> Result<SelfAttention> {
-        if heads == 0 || dim % heads != 0 {
+        if heads == 0 || !dim.is_multiple_of(heads) {
             return Err(Error::invalid("attention", format!("model width {dim} does not split into {heads} heads")));
         }
         Ok(SelfAttention {
@@ -313,7 +313,7 @@ pub struct CrossAttention {
 
 impl CrossAttention {
     pub fn new(arena: &Arena, dim: usize, heads: usize, rng: &mut Rng) -> Result<CrossAttention> {
-        if heads == 0 || dim % heads != 0 {
+        if heads == 0 || !dim.is_multiple_of(heads) {
             return Err(Error::invalid("attention", format!("model width {dim} does not split into {heads} heads")));
         }
         Ok(CrossAttention {

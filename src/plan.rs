@@ -213,7 +213,7 @@ pub fn fit(cfg: &TrainConfig, budget: usize) -> Result<Vec<Candidate>> {
     let mut micros = vec![];
     let mut m = effective;
     while m >= 1 {
-        if effective % m == 0 {
+        if effective.is_multiple_of(m) {
             micros.push(m);
         }
         if m == 1 {

@@ -496,7 +496,8 @@ impl Run {
         let micro_ok = st.micro_batch >= 1
             && st.accumulation >= 1
             && st.micro_batch.checked_mul(st.accumulation).is_some_and(|n| n >= effective);
-        if !permutation || !micro_ok || !(st.loss_scale.is_finite() && st.loss_scale > 0.0) {
+        let scale_ok = st.loss_scale.is_finite() && st.loss_scale > 0.0;
+        if !(permutation && micro_ok && scale_ok) {
             return Err(Error::invalid(
                 "resume",
                 format!(

@@ -23,9 +23,7 @@ fn mask(arena: &Arena, shape: &[usize], v: &[u8]) -> Tensor {
 /// no key at all.
 fn pad_bits(b: usize, tk: usize, tail: usize) -> Vec<u8> {
     let mut v = vec![0u8; b * tk];
-    for j in tk.saturating_sub(tail)..tk {
-        v[j] = 1;
-    }
+    v[tk.saturating_sub(tail)..tk].fill(1);
     if b > 1 {
         v[tk] = 1;
         for j in tk / 2..(tk / 2 + 2).min(tk) {

@@ -39,14 +39,14 @@ fn unary_ops_gradcheck() {
     let mut rng = Rng::new(2);
     let x = input(&mut rng, &[3, 5]);
     let pos = (vec![4], vec![0.5, 1.5, 2.5, 0.8]);
-    gradcheck_all(|v| v[0].relu(), &[x.clone()], &[true]);
-    gradcheck_all(|v| v[0].gelu(), &[x.clone()], &[true]);
-    gradcheck_all(|v| v[0].silu(), &[x.clone()], &[true]);
-    gradcheck_all(|v| v[0].tanh(), &[x.clone()], &[true]);
-    gradcheck_all(|v| v[0].sigmoid(), &[x.clone()], &[true]);
-    gradcheck_all(|v| v[0].exp(), &[x.clone()], &[true]);
+    gradcheck_all(|v| v[0].relu(), std::slice::from_ref(&x), &[true]);
+    gradcheck_all(|v| v[0].gelu(), std::slice::from_ref(&x), &[true]);
+    gradcheck_all(|v| v[0].silu(), std::slice::from_ref(&x), &[true]);
+    gradcheck_all(|v| v[0].tanh(), std::slice::from_ref(&x), &[true]);
+    gradcheck_all(|v| v[0].sigmoid(), std::slice::from_ref(&x), &[true]);
+    gradcheck_all(|v| v[0].exp(), std::slice::from_ref(&x), &[true]);
     gradcheck_all(|v| v[0].neg(), &[x], &[true]);
-    gradcheck_all(|v| v[0].log(), &[pos.clone()], &[true]);
+    gradcheck_all(|v| v[0].log(), std::slice::from_ref(&pos), &[true]);
     gradcheck_all(|v| v[0].sqrt(), &[pos], &[true]);
 }
 
@@ -77,11 +77,11 @@ fn reductions_values_and_gradcheck() {
     assert_eq!(x.sum_all().unwrap().item().unwrap(), 21.);
     let mut rng = Rng::new(3);
     let y = input(&mut rng, &[2, 3, 4]);
-    gradcheck_all(|v| v[0].sum(&[1], false), &[y.clone()], &[true]);
-    gradcheck_all(|v| v[0].sum(&[0, 2], true), &[y.clone()], &[true]);
-    gradcheck_all(|v| v[0].mean(&[-1], false), &[y.clone()], &[true]);
-    gradcheck_all(|v| v[0].max(1, false), &[y.clone()], &[true]);
-    gradcheck_all(|v| v[0].max(-1, true), &[y.clone()], &[true]);
+    gradcheck_all(|v| v[0].sum(&[1], false), std::slice::from_ref(&y), &[true]);
+    gradcheck_all(|v| v[0].sum(&[0, 2], true), std::slice::from_ref(&y), &[true]);
+    gradcheck_all(|v| v[0].mean(&[-1], false), std::slice::from_ref(&y), &[true]);
+    gradcheck_all(|v| v[0].max(1, false), std::slice::from_ref(&y), &[true]);
+    gradcheck_all(|v| v[0].max(-1, true), std::slice::from_ref(&y), &[true]);
     gradcheck_all(|v| v[0].transpose(0, 2)?.sum(&[0], false), &[y], &[true]);
 }
 
@@ -100,9 +100,9 @@ fn softmax_values_and_gradcheck() {
     }
     let mut rng = Rng::new(4);
     let y = input(&mut rng, &[2, 3, 5]);
-    gradcheck_all(|v| v[0].softmax(-1), &[y.clone()], &[true]);
-    gradcheck_all(|v| v[0].log_softmax(-1), &[y.clone()], &[true]);
-    gradcheck_all(|v| v[0].softmax(1), &[y.clone()], &[true]);
+    gradcheck_all(|v| v[0].softmax(-1), std::slice::from_ref(&y), &[true]);
+    gradcheck_all(|v| v[0].log_softmax(-1), std::slice::from_ref(&y), &[true]);
+    gradcheck_all(|v| v[0].softmax(1), std::slice::from_ref(&y), &[true]);
     gradcheck_all(|v| v[0].log_softmax(0), &[y], &[true]);
 }
 
@@ -131,14 +131,14 @@ fn matmul_values_and_gradcheck() {
 fn view_ops_gradcheck() {
     let mut rng = Rng::new(6);
     let x = input(&mut rng, &[2, 3, 4]);
-    gradcheck_all(|v| v[0].reshape(&[6, 4]), &[x.clone()], &[true]);
-    gradcheck_all(|v| v[0].permute(&[2, 0, 1])?.contiguous(), &[x.clone()], &[true]);
-    gradcheck_all(|v| v[0].transpose(0, 1)?.reshape(&[3, 8]), &[x.clone()], &[true]);
-    gradcheck_all(|v| v[0].slice(1, 1, 3), &[x.clone()], &[true]);
-    gradcheck_all(|v| v[0].slice(-1, 0, 2)?.unsqueeze(0)?.squeeze(0), &[x.clone()], &[true]);
+    gradcheck_all(|v| v[0].reshape(&[6, 4]), std::slice::from_ref(&x), &[true]);
+    gradcheck_all(|v| v[0].permute(&[2, 0, 1])?.contiguous(), std::slice::from_ref(&x), &[true]);
+    gradcheck_all(|v| v[0].transpose(0, 1)?.reshape(&[3, 8]), std::slice::from_ref(&x), &[true]);
+    gradcheck_all(|v| v[0].slice(1, 1, 3), std::slice::from_ref(&x), &[true]);
+    gradcheck_all(|v| v[0].slice(-1, 0, 2)?.unsqueeze(0)?.squeeze(0), std::slice::from_ref(&x), &[true]);
     let y = input(&mut rng, &[3, 1]);
     gradcheck_all(|v| v[0].expand(&[2, 3, 4]), &[y], &[true]);
-    gradcheck_all(|v| v[0].copy(), &[x.clone()], &[true]);
+    gradcheck_all(|v| v[0].copy(), std::slice::from_ref(&x), &[true]);
     gradcheck_all(|v| v[0].to_dtype(DType::F32)?.to_dtype(v[0].dtype()), &[x], &[true]);
 }
 

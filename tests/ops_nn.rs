@@ -50,7 +50,7 @@ fn cross_entropy_values_match_hand_computed() {
     let loss = x.cross_entropy(&y, None, 0.1).unwrap();
     close(&[loss.item().unwrap()], &[0.507_606], 1e-6);
     backward(&loss).unwrap();
-    close(&x.grad().unwrap().to_vec_f32().unwrap(), &[0.056_697_24, 0.211_395_14, -0.268_092_38], 1e-6);
+    close(&x.grad().unwrap().to_vec_f32().unwrap(), &[0.056_697_24, 0.211_395_14, -0.268_092_4], 1e-6);
     // The ignored middle row counts neither in the sum nor in the mean.
     let x3 = t(&a, &[3, 3], &[1., 2., 3., 0.5, -1., 2., 3., 0., 0.]);
     let y3 = ids(&a, &[3], &[2, -100, 0]);
@@ -76,12 +76,12 @@ fn cross_entropy_gradcheck_with_ignore_and_smoothing() {
     let ce = |targets: &'static [i32], ignore: Option<i32>, ls: f32| {
         move |v: &[Tensor]| v[0].cross_entropy(&ids(v[0].arena(), &[5], targets), ignore, ls)
     };
-    gradcheck_all(ce(&[3, 1, 0, 6, 2], None, 0.0), &[x.clone()], &[true]);
-    gradcheck_all(ce(&[3, -100, 0, 6, -100], Some(-100), 0.0), &[x.clone()], &[true]);
-    gradcheck_all(ce(&[3, 1, 0, 6, 2], None, 0.1), &[x.clone()], &[true]);
-    gradcheck_all(ce(&[3, -100, 0, 6, -100], Some(-100), 0.25), &[x.clone()], &[true]);
+    gradcheck_all(ce(&[3, 1, 0, 6, 2], None, 0.0), std::slice::from_ref(&x), &[true]);
+    gradcheck_all(ce(&[3, -100, 0, 6, -100], Some(-100), 0.0), std::slice::from_ref(&x), &[true]);
+    gradcheck_all(ce(&[3, 1, 0, 6, 2], None, 0.1), std::slice::from_ref(&x), &[true]);
+    gradcheck_all(ce(&[3, -100, 0, 6, -100], Some(-100), 0.25), std::slice::from_ref(&x), &[true]);
     // A valid class used as ignore_index is skipped like any other.
-    gradcheck_all(ce(&[3, 1, 0, 6, 2], Some(6), 0.0), &[x.clone()], &[true]);
+    gradcheck_all(ce(&[3, 1, 0, 6, 2], Some(6), 0.0), std::slice::from_ref(&x), &[true]);
     // Logits that are a strided view.
     gradcheck_all(
         |v| v[0].transpose(0, 1)?.cross_entropy(&ids(v[0].arena(), &[7], &[0, 4, 4, 1, 3, 2, 0]), None, 0.1),
@@ -167,7 +167,7 @@ fn layer_norm_gradcheck() {
         &[x.clone(), w.clone(), b.clone()],
         &[true, true, true],
     );
-    gradcheck_all(|v| v[0].layer_norm(None, None, 1e-5), &[x.clone()], &[true]);
+    gradcheck_all(|v| v[0].layer_norm(None, None, 1e-5), std::slice::from_ref(&x), &[true]);
     gradcheck_all(|v| v[0].layer_norm(Some(&v[1]), None, 1e-5), &[x.clone(), w.clone()], &[true, true]);
     gradcheck_all(|v| v[0].layer_norm(None, Some(&v[1]), 1e-5), &[x.clone(), b.clone()], &[true, true]);
     // Parameters only (the input needs no gradient), and a strided input.
@@ -218,7 +218,7 @@ fn embedding_values_gradcheck_and_memory() {
     let mut rng = Rng::new(14);
     let table = input(&mut rng, &[7, 5]);
     let look: &[i32] = &[6, 0, 3, 3, 6, 1, 6, 2, 0];
-    gradcheck_all(|v| v[0].embedding(&ids(v[0].arena(), &[3, 3], look)), &[table.clone()], &[true]);
+    gradcheck_all(|v| v[0].embedding(&ids(v[0].arena(), &[3, 3], look)), std::slice::from_ref(&table), &[true]);
     gradcheck_all(|v| v[0].embedding(&ids(v[0].arena(), &[1], &[4])), &[table], &[true]);
 }
 
@@ -270,7 +270,7 @@ fn dropout_keeps_no_mask_and_replays_from_rng_state() {
 fn dropout_gradcheck() {
     let mut rng = Rng::new(15);
     let x = input(&mut rng, &[3, 7]);
-    gradcheck_all(|v| v[0].dropout(0.4, &mut Rng::new(9)), &[x.clone()], &[true]);
+    gradcheck_all(|v| v[0].dropout(0.4, &mut Rng::new(9)), std::slice::from_ref(&x), &[true]);
     gradcheck_all(|v| v[0].transpose(0, 1)?.dropout(0.2, &mut Rng::new(3)), &[x], &[true]);
 }
 
@@ -310,7 +310,7 @@ fn concat_and_split_values_and_gradcheck() {
             let s = v[0].split(&[2, 0, 3], 2)?;
             Tensor::concat(&[&s[2], &s[1], &s[0].mul(&s[0])?], 2)
         },
-        &[p.clone()],
+        std::slice::from_ref(&p),
         &[true],
     );
     gradcheck_all(|v| Ok(v[0].split(&[1, 2], 1)?[1].clone()), &[p], &[true]);
@@ -331,9 +331,9 @@ fn index_select_values_and_gradcheck() {
     let mut rng = Rng::new(17);
     let y = input(&mut rng, &[3, 5, 2]);
     let pick: &[i32] = &[4, 0, 4, 2, 4];
-    gradcheck_all(|v| v[0].index_select(1, &ids(v[0].arena(), &[5], pick)), &[y.clone()], &[true]);
-    gradcheck_all(|v| v[0].index_select(0, &ids(v[0].arena(), &[3], &[2, 2, 1])), &[y.clone()], &[true]);
-    gradcheck_all(|v| v[0].index_select(-1, &ids(v[0].arena(), &[3], &[1, 1, 0])), &[y.clone()], &[true]);
+    gradcheck_all(|v| v[0].index_select(1, &ids(v[0].arena(), &[5], pick)), std::slice::from_ref(&y), &[true]);
+    gradcheck_all(|v| v[0].index_select(0, &ids(v[0].arena(), &[3], &[2, 2, 1])), std::slice::from_ref(&y), &[true]);
+    gradcheck_all(|v| v[0].index_select(-1, &ids(v[0].arena(), &[3], &[1, 1, 0])), std::slice::from_ref(&y), &[true]);
     gradcheck_all(|v| v[0].transpose(0, 2)?.index_select(2, &ids(v[0].arena(), &[2], &[0, 2])), &[y], &[true]);
 }
 
@@ -365,11 +365,11 @@ fn masked_fill_and_where_gradcheck_with_broadcast_masks() {
     let x = input(&mut rng, &[2, 3, 5]);
     let bits: Vec<u8> = (0..15).map(|i| (i * 7 % 3 == 0) as u8).collect();
     let bits = &bits[..];
-    gradcheck_all(|v| v[0].masked_fill(&mask(v[0].arena(), &[3, 5], bits), 0.5), &[x.clone()], &[true]);
-    gradcheck_all(|v| v[0].masked_fill(&mask(v[0].arena(), &[2, 1, 1], &[1, 0]), -2.0), &[x.clone()], &[true]);
+    gradcheck_all(|v| v[0].masked_fill(&mask(v[0].arena(), &[3, 5], bits), 0.5), std::slice::from_ref(&x), &[true]);
+    gradcheck_all(|v| v[0].masked_fill(&mask(v[0].arena(), &[2, 1, 1], &[1, 0]), -2.0), std::slice::from_ref(&x), &[true]);
     gradcheck_all(
         |v| v[0].transpose(1, 2)?.masked_fill(&mask(v[0].arena(), &[3], &[0, 1, 0]), 9.0),
-        &[x.clone()],
+        std::slice::from_ref(&x),
         &[true],
     );
     let (b, s) = (input(&mut rng, &[3, 1]), input(&mut rng, &[5]));
@@ -401,8 +401,8 @@ fn results_do_not_depend_on_thread_count() {
         let x = Tensor::randn(&a, &[300, 257], 1.0, DType::BF16, Tag::Parameter, &mut rng).unwrap().requires_grad();
         let w = Tensor::randn(&a, &[257], 1.0, DType::BF16, Tag::Parameter, &mut rng).unwrap().requires_grad();
         let table = Tensor::randn(&a, &[50, 700], 1.0, DType::BF16, Tag::Parameter, &mut rng).unwrap().requires_grad();
-        let look: Vec<i32> = (0..300).map(|i| (i * i % 50) as i32).collect();
-        let targets: Vec<i32> = (0..300).map(|i| (i * 31 % 257) as i32).collect();
+        let look: Vec<i32> = (0..300).map(|i| i * i % 50).collect();
+        let targets: Vec<i32> = (0..300).map(|i| i * 31 % 257).collect();
         let h = x.layer_norm(Some(&w), None, 1e-5).unwrap().dropout(0.1, &mut rng).unwrap();
         let e = table.embedding(&ids(&a, &[300], &look)).unwrap().sum(&[1], true).unwrap();
         let loss = h.add(&e).unwrap().cross_entropy(&ids(&a, &[300], &targets), None, 0.1).unwrap();

@@ -493,6 +493,8 @@ impl Arena {
     /// Allocate `n` bytes for `tag` on behalf of op `label`. A request larger
     /// than a pool's whole range (up to `usize::MAX`) is `OutOfMemory` with
     /// reason `TooLarge`, never a short block.
+    // OutOfMemory is rare and carries its whole report; `Error` boxes it.
+    #[allow(clippy::result_large_err)]
     pub fn alloc(&self, n: usize, tag: Tag, label: &'static str) -> Result<Block, OutOfMemory> {
         // Within a granule of usize::MAX the rounding overflows: saturate, and
         // `try_place` refuses it as larger than any pool.

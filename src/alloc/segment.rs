@@ -97,7 +97,7 @@ impl HostSegment {
     }
 
     fn check(&self, offset: usize, len: usize) -> Result<*mut libc::c_void, SegmentError> {
-        if offset % PAGE_SIZE != 0 || len % PAGE_SIZE != 0 || offset + len > self.capacity {
+        if !offset.is_multiple_of(PAGE_SIZE) || !len.is_multiple_of(PAGE_SIZE) || offset + len > self.capacity {
             return Err(SegmentError(format!(
                 "range {offset}+{len} is not whole pages inside a segment of {}",
                 self.capacity

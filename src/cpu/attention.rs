@@ -774,20 +774,14 @@ pub fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     // 1.5·2²³: adding it rounds to an integer held in the low mantissa bits.
     const MAGIC: f32 = 12_582_912.0;
-    let xc = if x < LO {
-        LO
-    } else if x > HI {
-        HI
-    } else {
-        x
-    };
+    let xc = x.clamp(LO, HI);
     let z = xc * LOG2E + MAGIC;
     let n = z - MAGIC;
     let ni = (z.to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32);
     let r = xc - n * 0.693_359_4 - n * -2.121_944_4e-4;
     let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 1.666_666_5e-1)
         * r
-        + 5.000_000_1e-1;
+        + 5e-1;
     let y = p * (r * r) + r + 1.0;
     let pow2 = f32::from_bits(((ni + 127) << 23) as u32);
     if x < LO {

@@ -44,7 +44,7 @@ pub fn granularity() -> crate::error::Result<usize> {
         )
     };
     check("cuMemGetAllocationGranularity", r).map_err(|e| crate::error::Error::cuda("segment", e.0))?;
-    if g == 0 || PAGE_SIZE % g != 0 {
+    if g == 0 || !PAGE_SIZE.is_multiple_of(g) {
         return Err(crate::error::Error::cuda(
             "segment",
             format!("device granularity {g} B does not divide the allocator's 2 MiB page"),

@@ -11,10 +11,6 @@
 //! another writer's changes, and a file cut short under a map ends the
 //! process with SIGBUS. That is the price of any memory-mapped reader.
 
-// The crate's Error holds an OutOfMemory by value, which clippy flags on
-// every function returning Result; that is the crate-wide choice.
-#![allow(clippy::result_large_err)]
-
 pub mod resample;
 
 use super::npy::{parse_header, read_header, NpyDtype, NpyError, NpyHeader};

@@ -42,7 +42,7 @@ impl Lipread {
     pub fn new(arena: &Arena, config: LipreadConfig, rng: &mut Rng) -> Result<Lipread> {
         let c = &config;
         let side = c.size >> c.channels.len();
-        if side == 0 || c.size % (1 << c.channels.len()) != 0 {
+        if side == 0 || !c.size.is_multiple_of(1 << c.channels.len()) {
             return Err(Error::invalid(
                 "lipread",
                 format!("frames of {0}×{0} do not halve {1} times", c.size, c.channels.len()),

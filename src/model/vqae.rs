@@ -40,7 +40,7 @@ pub struct Vqae {
 impl Vqae {
     pub fn new(arena: &Arena, config: VqaeConfig, rng: &mut Rng) -> Result<Vqae> {
         let c = &config;
-        if c.channels.is_empty() || c.patch % (1 << c.channels.len()) != 0 {
+        if c.channels.is_empty() || !c.patch.is_multiple_of(1 << c.channels.len()) {
             return Err(Error::invalid(
                 "vqae",
                 format!("patches of {0}×{0} do not halve {1} times", c.patch, c.channels.len()),

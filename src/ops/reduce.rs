@@ -55,7 +55,7 @@ fn sum_raw(op: &'static str, x: &Tensor, reduce: &[bool], keepdim: bool, scale: 
         );
         let dense = view.contiguous_untracked(op)?;
         if out.is_cuda() {
-            let cols = if rows == 0 { 0 } else { x.numel() / rows };
+            let cols = x.numel().checked_div(rows).unwrap_or(0);
             if rows > 0 {
                 crate::cuda::ops::sum_last(&dense, &out, rows, cols, scale as f32)?;
             }
@@ -194,7 +194,7 @@ fn softmax_op(x: &Tensor, axis: isize, log: bool) -> Result<Tensor> {
     let xc = x.contiguous()?;
     let cols = x.shape().last().copied().unwrap_or(1);
     let out = output(op, &xc, xc.shape(), xc.dtype())?;
-    let rows = if cols == 0 { 0 } else { xc.numel() / cols };
+    let rows = xc.numel().checked_div(cols).unwrap_or(0);
     if out.is_cuda() {
         if rows > 0 {
             crate::cuda::ops::softmax(log, &xc, &out, rows, cols)?;

@@ -196,7 +196,7 @@ impl Tensor {
     pub fn copy(&self) -> Result<Tensor> {
         let out = output("copy", self, self.shape(), self.dtype())?;
         if !out.is_meta() {
-            unsafe { copy_strided(self, out.storage().block().as_ptr(), &out.strides().to_vec(), 0) };
+            unsafe { copy_strided(self, out.storage().block().as_ptr(), out.strides(), 0) };
         }
         Ok(record("copy", &[self], out, vec![], |_, g| Ok(vec![g[0].clone()])))
     }

@@ -8,11 +8,6 @@
 //! count the bytes before anything runs. Addresses are device pointers
 //! (host addresses on the emulator); `None` or 0 marks an absent operand.
 
-// Every Result here is the crate's `Error`, which clippy finds large
-// (result_large_err fires on each fallible fn of the crate); boxing it is a
-// crate-wide change, not this module's.
-#![allow(clippy::result_large_err)]
-
 use super::{named, spec_of, KernelArg, Launch, LaunchSpec};
 use crate::cpu::optim::AdamStep;
 use crate::error::{Error, Result};
