@@ -167,3 +167,194 @@ pub fn matmul(a: &Tensor, b: &Tensor, out: &Tensor, ws: &Tensor) -> Result<()> {
     };
     gpu("matmul", a)?.gemm(&g, (ws.device_ptr(), ws.nbytes()))
 }
+
+// ---- pooling ----------------------------------------------------------------------
+
+use crate::cpu::conv::{Geom, QUANTUM};
+use crate::cpu::pool::PoolGeom;
+
+/// Max pool of dense `x` `[planes, big]` into `out` and the i32 argmax `arg`.
+pub fn max_pool(g: &PoolGeom, x: &Tensor, out: &Tensor, arg: &Tensor) -> Result<()> {
+    let planes = x.numel() / g.big_len().max(1);
+    let l = k::max_pool(x.dtype(), g, planes, x.device_ptr(), out.device_ptr(), arg.device_ptr())?;
+    gpu("max_pool", x)?.launch(&l)
+}
+
+pub fn max_pool_grad(g: &PoolGeom, dy: &Tensor, arg: &Tensor, dx: &Tensor) -> Result<()> {
+    let planes = dx.numel() / g.big_len().max(1);
+    let l = k::max_pool_grad(dy.dtype(), g, planes, dy.device_ptr(), arg.device_ptr(), dx.device_ptr())?;
+    gpu("max_pool", dy)?.launch(&l)
+}
+
+pub fn avg_pool(g: &PoolGeom, x: &Tensor, out: &Tensor) -> Result<()> {
+    let planes = x.numel() / g.big_len().max(1);
+    let l = k::avg_pool(x.dtype(), g, planes, x.device_ptr(), out.device_ptr())?;
+    gpu("avg_pool", x)?.launch(&l)
+}
+
+pub fn avg_pool_grad(g: &PoolGeom, dy: &Tensor, dx: &Tensor) -> Result<()> {
+    let planes = dx.numel() / g.big_len().max(1);
+    let l = k::avg_pool_grad(dy.dtype(), g, planes, dy.device_ptr(), dx.device_ptr())?;
+    gpu("avg_pool", dy)?.launch(&l)
+}
+
+// ---- convolution ------------------------------------------------------------------
+//
+// The three passes of src/cpu/conv.rs with the same workspace layout (so the
+// same bytes), the tiles built by the tile kernels and the products by
+// cuBLAS in f32, as tests/cuda_kernels_seq.rs chains them.
+
+/// A conv pass's tensors: the f32 conv workspace and the cuBLAS scratch.
+pub struct ConvWs<'a> {
+    pub tile: usize,
+    pub ws: &'a Tensor,
+    pub gemm: &'a Tensor,
+}
+
+/// f32 matrix operand at `ptr`: (row stride, column stride) in elements.
+fn f32_op(ptr: u64, rs: usize, cs: usize) -> Operand {
+    Operand { ptr, rs, cs, batch_stride: 0 }
+}
+
+/// One f32 product `C (+)= A·B` with dense-row `C` (`c_rs` apart).
+#[allow(clippy::too_many_arguments)]
+fn gemm_f32(
+    g: &Gpu,
+    m: usize,
+    kk: usize,
+    n: usize,
+    a: Operand,
+    b: Operand,
+    c: u64,
+    c_rs: usize,
+    accumulate: bool,
+    ws: &Tensor,
+) -> Result<()> {
+    let p = Gemm { dtype: DType::F32, m, n, k: kk, batch: 1, a, b, c, c_rs, c_batch_stride: m * c_rs, accumulate };
+    g.gemm(&p, (ws.device_ptr(), ws.nbytes()))
+}
+
+/// Byte address `elems` f32 past `p`.
+fn f32_at(p: u64, elems: usize) -> u64 {
+    p + 4 * elems as u64
+}
+
+/// The weight `[O, K]` as an f32 operand: in place for f32, else widened
+/// into `wbuf`.
+fn conv_weight(g: &Gpu, gm: &Geom, w: &Tensor, wbuf: u64) -> Result<u64> {
+    let kd = gm.kdim();
+    if w.dtype() == DType::F32 {
+        return Ok(w.device_ptr());
+    }
+    g.launch(&k::conv_tile_in(w.dtype(), gm.o, kd, k::Mat { ptr: w.device_ptr(), ld: kd }, k::Mat { ptr: wbuf, ld: kd })?)?;
+    Ok(wbuf)
+}
+
+/// `small = W·col(big) (+ bias)` for every sample (cpu::conv::forward).
+pub fn conv_forward(gm: &Geom, big: &Tensor, w: &Tensor, bias: Option<&Tensor>, small: &Tensor, c: &ConvWs) -> Result<()> {
+    let g = gpu("conv", big)?;
+    let dt = big.dtype();
+    let (h, kd, o, p, blen) = (usize::from(dt != DType::F32), gm.kdim(), gm.o, gm.small_len(), gm.big_len());
+    let (ts, tile) = (dt.size() as u64, c.tile);
+    let wf = c.ws.device_ptr();
+    let col = f32_at(wf, h * o * kd);
+    let obuf = f32_at(col, kd * tile);
+    let wmat = conv_weight(&g, gm, w, wf)?;
+    let batch = small.shape()[0];
+    for b in 0..batch {
+        let x = big.device_ptr() + ts * (b * gm.c * blen) as u64;
+        for p0 in (0..p).step_by(tile) {
+            let n = tile.min(p - p0);
+            g.launch(&k::im2col(dt, gm, x, p0, n, col)?)?;
+            let yt = small.device_ptr() + ts * (b * o * p + p0) as u64;
+            // f32: the product lands in the output and the bias is added there.
+            let (dst, ld) = if h == 1 { (obuf, n) } else { (yt, p) };
+            gemm_f32(&g, o, kd, n, f32_op(wmat, kd, 1), f32_op(col, n, 1), dst, ld, false, c.gemm)?;
+            if h == 1 || bias.is_some() {
+                let src = k::Mat { ptr: dst, ld };
+                g.launch(&k::conv_tile_out(dt, o, n, src, k::Mat { ptr: yt, ld: p }, bias.map(|b| b.device_ptr()))?)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `big = col2im(Wᵀ·small) (+ bias)` for every sample (cpu::conv::adjoint).
+pub fn conv_adjoint(gm: &Geom, small: &Tensor, w: &Tensor, bias: Option<&Tensor>, big: &Tensor, c: &ConvWs) -> Result<()> {
+    let g = gpu("conv", small)?;
+    let dt = small.dtype();
+    let (h, kd, o, p, blen) = (usize::from(dt != DType::F32), gm.kdim(), gm.o, gm.small_len(), gm.big_len());
+    let (ts, tile) = (dt.size() as u64, c.tile);
+    let wf = c.ws.device_ptr();
+    let abuf = f32_at(wf, h * o * kd);
+    let dcol = f32_at(abuf, h * gm.c * blen);
+    let sbuf = f32_at(dcol, kd * tile);
+    let wmat = conv_weight(&g, gm, w, wf)?;
+    let batch = big.shape()[0];
+    for b in 0..batch {
+        let dxs = big.device_ptr() + ts * (b * gm.c * blen) as u64;
+        let acc = if h == 1 { abuf } else { dxs };
+        g.zero(acc, 4 * gm.c * blen)?;
+        for p0 in (0..p).step_by(tile) {
+            let n = tile.min(p - p0);
+            let st = small.device_ptr() + ts * (b * o * p + p0) as u64;
+            let s = if h == 1 {
+                g.launch(&k::conv_tile_in(dt, o, n, k::Mat { ptr: st, ld: p }, k::Mat { ptr: sbuf, ld: n })?)?;
+                f32_op(sbuf, n, 1)
+            } else {
+                f32_op(st, p, 1)
+            };
+            gemm_f32(&g, kd, o, n, f32_op(wmat, 1, kd), s, dcol, n, false, c.gemm)?;
+            g.launch(&k::col2im(gm, dcol, p0, n, acc)?)?;
+        }
+        if h == 1 || bias.is_some() {
+            let m = |p| k::Mat { ptr: p, ld: blen };
+            g.launch(&k::conv_tile_out(dt, gm.c, blen, m(acc), m(dxs), bias.map(|b| b.device_ptr()))?)?;
+        }
+    }
+    Ok(())
+}
+
+/// `dw = Σ small·col(big)ᵀ`, one product per QUANTUM chunk added in order
+/// (cpu::conv::weight_grad's reduction grid).
+pub fn conv_weight_grad(gm: &Geom, big: &Tensor, small: &Tensor, dw: &Tensor, c: &ConvWs) -> Result<()> {
+    let g = gpu("conv", big)?;
+    let dt = big.dtype();
+    let (h, kd, o, p, blen) = (usize::from(dt != DType::F32), gm.kdim(), gm.o, gm.small_len(), gm.big_len());
+    let (ts, tile) = (dt.size() as u64, c.tile);
+    let wacc = c.ws.device_ptr();
+    let col = f32_at(wacc, h * o * kd);
+    let sbuf = f32_at(col, kd * tile);
+    let acc = if h == 1 { wacc } else { dw.device_ptr() };
+    g.zero(acc, 4 * o * kd)?;
+    for b in 0..big.shape()[0] {
+        let x = big.device_ptr() + ts * (b * gm.c * blen) as u64;
+        for p0 in (0..p).step_by(tile) {
+            let n = tile.min(p - p0);
+            g.launch(&k::im2col(dt, gm, x, p0, n, col)?)?;
+            let st = small.device_ptr() + ts * (b * o * p + p0) as u64;
+            let (s, ls) = if h == 1 {
+                g.launch(&k::conv_tile_in(dt, o, n, k::Mat { ptr: st, ld: p }, k::Mat { ptr: sbuf, ld: n })?)?;
+                (sbuf, n)
+            } else {
+                (st, p)
+            };
+            for j0 in (0..n).step_by(QUANTUM) {
+                let q = QUANTUM.min(n - j0);
+                gemm_f32(&g, o, q, kd, f32_op(f32_at(s, j0), ls, 1), f32_op(f32_at(col, j0), 1, n), acc, kd, true, c.gemm)?;
+            }
+        }
+    }
+    if h == 1 {
+        let m = |p| k::Mat { ptr: p, ld: kd };
+        g.launch(&k::conv_tile_out(dt, o, kd, m(wacc), m(dw.device_ptr()), None)?)?;
+    }
+    Ok(())
+}
+
+/// `out[c] = Σ_b Σ_s dy[b, c, s]` of dense `dy`.
+pub fn conv_bias_grad(dy: &Tensor, out: &Tensor, ch: usize) -> Result<()> {
+    let b = dy.shape()[0];
+    let s = dy.numel() / (b * ch).max(1);
+    gpu("conv", dy)?.launch(&k::conv_bias_grad(dy.dtype(), dy.device_ptr(), out.device_ptr(), b, ch, s)?)
+}
