@@ -133,3 +133,111 @@ fn a_cuda_plan_predicts_conv2d_backward_to_the_byte() {
         assert!(planned.tag(Tag::Workspace).allocated.peak >= headroom::cuda::blas::WORKSPACE);
     }
 }
+
+/// log_softmax'd `[T, B, C]` and padded targets, on `arena`.
+fn ctc_inputs(arena: &Arena, dtype: DType, rng: &mut Rng) -> (Tensor, Tensor) {
+    let (t, b, c, s) = (23, 3, 7, 5);
+    let logits = Tensor::randn(arena, &[t, b, c], 1.0, dtype, Tag::Parameter, rng).unwrap().requires_grad();
+    let labels: Vec<i32> = (0..b * s).map(|i| 1 + (i * 5 % (c - 1)) as i32).collect();
+    (logits, Tensor::from_slice(arena, &[b, s], &labels, Tag::Data).unwrap())
+}
+
+#[test]
+fn ctc_loss_matches_the_cpu() {
+    for dtype in DTYPES {
+        for zero_infinity in [false, true] {
+            let run = |arena: &Arena| {
+                let mut rng = Rng::new(5);
+                let (logits, targets) = ctc_inputs(arena, dtype, &mut rng);
+                // Sample 2 cannot be aligned (3 frames for 5 labels): +∞, or 0 with zero_infinity.
+                let lp = logits.log_softmax(-1).unwrap();
+                let loss = lp.ctc_loss(&targets, &[23, 17, 3], &[5, 3, 5], 0, zero_infinity).unwrap();
+                let v = loss.to_vec_f32().unwrap();
+                backward(&loss.to_dtype(DType::F32).unwrap()).unwrap();
+                (v, logits.grad().unwrap().to_vec_f32().unwrap())
+            };
+            let (h, d) = (run(&Arena::host()), run(&Arena::cuda(&gpu(), ArenaConfig::default()).unwrap()));
+            assert_eq!(h.0[0].is_finite(), zero_infinity, "{dtype}: the impossible sample decides the loss");
+            if zero_infinity {
+                close(&d.0, &h.0, tol(dtype), &format!("ctc loss {dtype}"));
+            } else {
+                assert_eq!(d.0[0], f32::INFINITY);
+            }
+            assert!(h.1.iter().any(|v| *v != 0.0));
+            close(&d.1, &h.1, tol(dtype), &format!("ctc grad {dtype} zero_infinity={zero_infinity}"));
+        }
+    }
+    // A bad label is a clear error on the GPU too.
+    let a = Arena::cuda(&gpu(), ArenaConfig::default()).unwrap();
+    let lp = Tensor::zeros(&a, &[4, 1, 3], DType::F32, Tag::Data).unwrap();
+    let tg = Tensor::from_slice(&a, &[1, 2], &[1i32, 3], Tag::Data).unwrap();
+    let e = lp.ctc_loss(&tg, &[4], &[2], 0, false).unwrap_err().to_string();
+    assert!(e.contains("target 3"), "{e}");
+}
+
+fn lstm_params(xs: &[Tensor]) -> headroom::ops::LstmParams {
+    headroom::ops::LstmParams {
+        w_ih: xs[1].mul_scalar(0.3).unwrap(),
+        w_hh: xs[2].mul_scalar(0.3).unwrap(),
+        b_ih: Some(xs[3].clone()),
+        b_hh: None,
+    }
+}
+
+#[test]
+fn lstm_layers_match_the_cpu() {
+    // B = 3, T = 7, I = 5, H = 6 (4H = 24): no tile multiple anywhere.
+    let shapes: [&[usize]; 6] = [&[3, 7, 5], &[24, 5], &[24, 6], &[24], &[3, 6], &[3, 6]];
+    for dtype in DTYPES {
+        for reverse in [false, true] {
+            // Every output feeds the loss: the sequence and the final state.
+            let r = both(&shapes, dtype, |x| {
+                let (y, (h, c)) = x[0].lstm(&lstm_params(x), reverse, Some((&x[4], &x[5])))?;
+                y.sum(&[1], false)?.add(&h.mul(&c)?)
+            });
+            check(&format!("lstm reverse={reverse}"), dtype, &r);
+        }
+        // No initial state: the first step starts from zeros.
+        let r = both(&shapes[..4], dtype, |x| Ok(x[0].lstm(&lstm_params(x), false, None)?.0));
+        check("lstm without state", dtype, &r);
+        // The single cell.
+        let r = both(&[&[3, 5], &[3, 6], &[3, 6], &[24, 5], &[24, 6], &[24]], dtype, |x| {
+            let (h, c) = Tensor::lstm_cell(&x[0], &x[1], &x[2], &x[3], &x[4], Some(&x[5]), None)?;
+            h.add(&c)
+        });
+        check("lstm_cell", dtype, &r);
+    }
+}
+
+#[test]
+fn a_cuda_plan_predicts_lstm_backward_to_the_byte() {
+    for dtype in DTYPES {
+        let (planned, measured) = plan_and_run(|arena| {
+            let mut rng = Rng::new(4);
+            let mut p = |s: &[usize]| {
+                Tensor::randn(arena, s, 0.3, dtype, Tag::Parameter, &mut rng).unwrap().requires_grad()
+            };
+            let x = p(&[3, 9, 5]);
+            let params = headroom::ops::LstmParams {
+                w_ih: p(&[28, 5]),
+                w_hh: p(&[28, 7]),
+                b_ih: Some(p(&[28])),
+                b_hh: Some(p(&[28])),
+            };
+            // A second layer on the first's output, reversed, from a given state.
+            let params2 = |p: &mut dyn FnMut(&[usize]) -> Tensor| headroom::ops::LstmParams {
+                w_ih: p(&[28, 7]),
+                w_hh: p(&[28, 7]),
+                b_ih: None,
+                b_hh: Some(p(&[28])),
+            };
+            let h0 = p(&[3, 7]);
+            let (y, _) = x.lstm(&params, false, None).unwrap();
+            let (z, (h, _)) = y.lstm(&params2(&mut p), true, Some((&h0, &h0))).unwrap();
+            let loss = z.sum_all().unwrap().add(&h.sum_all().unwrap()).unwrap();
+            backward(&loss.to_dtype(DType::F32).unwrap()).unwrap();
+            arena.stats()
+        });
+        same_plan(&format!("lstm {dtype}"), &planned, &measured);
+    }
+}

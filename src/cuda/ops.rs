@@ -358,3 +358,305 @@ pub fn conv_bias_grad(dy: &Tensor, out: &Tensor, ch: usize) -> Result<()> {
     let s = dy.numel() / (b * ch).max(1);
     gpu("conv", dy)?.launch(&k::conv_bias_grad(dy.dtype(), dy.device_ptr(), out.device_ptr(), b, ch, s)?)
 }
+
+// ---- CTC loss ---------------------------------------------------------------------
+
+/// A CTC loss's device buffers: the op's tensors (dense; lengths i32 `[B]`).
+pub struct Ctc<'a> {
+    pub shape: k::CtcShape,
+    pub log_probs: &'a Tensor,
+    pub targets: &'a Tensor,
+    pub input_lengths: &'a Tensor,
+    pub target_lengths: &'a Tensor,
+    pub nll: &'a Tensor,
+}
+
+impl Ctc<'_> {
+    fn buffers(&self) -> k::CtcBuffers {
+        k::CtcBuffers {
+            log_probs: self.log_probs.device_ptr(),
+            targets: self.targets.device_ptr(),
+            input_lengths: self.input_lengths.device_ptr(),
+            target_lengths: self.target_lengths.device_ptr(),
+            nll: self.nll.device_ptr(),
+        }
+    }
+}
+
+/// Each sample's nll, then the mean loss into `loss` `[]`; `ws` holds
+/// `ctc_workspace(..).forward_f32` f32.
+pub fn ctc_forward(c: &Ctc, zero_infinity: bool, ws: &Tensor, loss: &Tensor) -> Result<()> {
+    let g = gpu("ctc_loss", c.log_probs)?;
+    let dt = c.log_probs.dtype();
+    if c.shape.batch == 0 {
+        return g.zero(loss.device_ptr(), loss.nbytes()); // the CPU's mean of nothing
+    }
+    g.launch(&k::ctc_forward(dt, &c.shape, &c.buffers(), zero_infinity, ws.device_ptr())?)?;
+    g.launch(&k::ctc_mean(dt, c.shape.batch, c.nll.device_ptr(), c.target_lengths.device_ptr(), loss.device_ptr())?)
+}
+
+/// The gradient of the loss with respect to log_probs, scaled by the
+/// device scalar `grad_loss`.
+pub fn ctc_backward(c: &Ctc, grad_loss: &Tensor, grad: &Tensor, ws: &Tensor, chain: &Tensor) -> Result<()> {
+    let g = gpu("ctc_loss", c.log_probs)?;
+    if c.shape.batch == 0 {
+        return Ok(());
+    }
+    let l = k::ctc_backward(
+        c.log_probs.dtype(),
+        &c.shape,
+        &c.buffers(),
+        grad_loss.device_ptr(),
+        grad.device_ptr(),
+        ws.device_ptr(),
+        chain.device_ptr(),
+    )?;
+    g.launch(&l)
+}
+
+// ---- the fused LSTM layer -----------------------------------------------------------
+//
+// src/cpu/lstm.rs's seq_forward / seq_backward with the gate products on
+// cuBLAS in the storage dtype (f32 accumulation) and the cell on
+// lstm_cell / lstm_cell_grad. The weight and bias gradients accumulate over
+// the steps in f32, as on the CPU.
+
+use crate::cpu::lstm::Dims;
+
+/// One layer's dense tensors: x `[B, T, I]`, weights, biases, initial state.
+pub struct LstmSeq<'a> {
+    pub d: Dims,
+    pub reverse: bool,
+    pub x: &'a Tensor,
+    pub w_ih: &'a Tensor,
+    pub w_hh: &'a Tensor,
+    pub b_ih: Option<&'a Tensor>,
+    pub b_hh: Option<&'a Tensor>,
+    pub state: Option<(&'a Tensor, &'a Tensor)>,
+}
+
+/// Where the backward writes (None = not wanted); `bias` serves both biases.
+pub struct LstmGrads<'a> {
+    pub dx: Option<&'a Tensor>,
+    pub w_ih: Option<&'a Tensor>,
+    pub w_hh: Option<&'a Tensor>,
+    pub bias: Option<&'a Tensor>,
+    pub h0: Option<&'a Tensor>,
+    pub c0: Option<&'a Tensor>,
+}
+
+/// Workspace of the CUDA forward in elements of the storage dtype: a zero
+/// state `[B, H]` when there is no initial one (the cell reads a c).
+pub fn lstm_forward_workspace(d: &Dims, has_state: bool) -> usize {
+    if has_state {
+        0
+    } else {
+        d.batch * d.hidden
+    }
+}
+
+/// Workspace of the CUDA backward: (f32 elements, storage-dtype elements).
+/// f32: dW_ih, dW_hh, db accumulators, a ones row `[B]` (db as a product),
+/// and for f16/bf16 one step's gate gradients, input and previous h
+/// widened. Storage dtype: the gate gradients, dh, dc and a zero state.
+pub fn lstm_backward_workspace(d: &Dims, dtype: DType) -> (usize, usize) {
+    let (b, i, h) = (d.batch, d.input, d.hidden);
+    let half = usize::from(dtype != DType::F32);
+    (4 * h * (i + h) + 4 * h + b + half * (4 * b * h + b * i + b * h), 4 * b * h + 3 * b * h)
+}
+
+/// A product of storage-dtype operands into storage-dtype `C`.
+#[allow(clippy::too_many_arguments)]
+fn gemm_dt(
+    g: &Gpu,
+    dtype: DType,
+    (m, kk, n): (usize, usize, usize),
+    a: Operand,
+    b: Operand,
+    c: u64,
+    c_rs: usize,
+    accumulate: bool,
+    ws: &Tensor,
+) -> Result<()> {
+    let p = Gemm { dtype, m, n, k: kk, batch: 1, a, b, c, c_rs, c_batch_stride: m * c_rs, accumulate };
+    g.gemm(&p, (ws.device_ptr(), ws.nbytes()))
+}
+
+/// Steps in processing order.
+fn lstm_order(steps: usize, reverse: bool) -> Vec<usize> {
+    (0..steps).map(|k| if reverse { steps - 1 - k } else { k }).collect()
+}
+
+/// Forward over all steps into gates `[T, B, 4H]`, hs and cs `[T, B, H]`;
+/// `zeros` holds [`lstm_forward_workspace`] elements.
+pub fn lstm_forward(l: &LstmSeq, gates: &Tensor, hs: &Tensor, cs: &Tensor, zeros: &Tensor, gemm: &Tensor) -> Result<()> {
+    let g = gpu("lstm", l.x)?;
+    let dt = l.x.dtype();
+    let Dims { batch: bt, steps, input: i, hidden: h } = l.d;
+    let (ts, g4) = (dt.size() as u64, 4 * h);
+    if l.state.is_none() {
+        g.zero(zeros.device_ptr(), zeros.nbytes())?;
+    }
+    let at = |t: &Tensor, elems: usize| t.device_ptr() + ts * elems as u64;
+    let order = lstm_order(steps, l.reverse);
+    for (kk, &t) in order.iter().enumerate() {
+        let prev = kk.checked_sub(1).map(|k| order[k]);
+        let h_prev = match (prev, l.state) {
+            (Some(p), _) => Some(at(hs, p * bt * h)),
+            (None, Some((h0, _))) => Some(h0.device_ptr()),
+            (None, None) => None,
+        };
+        let c_prev = match (prev, l.state) {
+            (Some(p), _) => at(cs, p * bt * h),
+            (None, Some((_, c0))) => c0.device_ptr(),
+            (None, None) => zeros.device_ptr(),
+        };
+        let gt = at(gates, t * bt * g4);
+        let xt = Operand { ptr: at(l.x, t * i), rs: steps * i, cs: 1, batch_stride: 0 };
+        let wi = Operand { ptr: l.w_ih.device_ptr(), rs: 1, cs: i, batch_stride: 0 };
+        gemm_dt(&g, dt, (bt, i, g4), xt, wi, gt, g4, false, gemm)?;
+        if let Some(hp) = h_prev {
+            let hp = Operand { ptr: hp, rs: h, cs: 1, batch_stride: 0 };
+            let wh = Operand { ptr: l.w_hh.device_ptr(), rs: 1, cs: h, batch_stride: 0 };
+            gemm_dt(&g, dt, (bt, h, g4), hp, wh, gt, g4, true, gemm)?;
+        }
+        let cell = k::LstmCell {
+            gates: gt,
+            gh: None,
+            b_ih: l.b_ih.map(Tensor::device_ptr),
+            b_hh: l.b_hh.map(Tensor::device_ptr),
+            c: c_prev,
+            h_out: at(hs, t * bt * h),
+            c_out: at(cs, t * bt * h),
+        };
+        g.launch(&k::lstm_cell(dt, bt, h, &cell)?)?;
+    }
+    Ok(())
+}
+
+/// Saved forward results and incoming gradients of the backward (dense).
+pub struct LstmSaved<'a> {
+    pub gates: &'a Tensor,
+    pub hs: &'a Tensor,
+    pub cs: &'a Tensor,
+    pub dy: Option<&'a Tensor>,
+    pub dh_n: Option<&'a Tensor>,
+    pub dc_n: Option<&'a Tensor>,
+}
+
+/// Backward through the steps; `ws32` and `wsdt` hold
+/// [`lstm_backward_workspace`] elements.
+pub fn lstm_backward(
+    l: &LstmSeq,
+    s: &LstmSaved,
+    out: &LstmGrads,
+    ws32: &Tensor,
+    wsdt: &Tensor,
+    gemm: &Tensor,
+) -> Result<()> {
+    let g = gpu("lstm", l.x)?;
+    let dt = l.x.dtype();
+    let half = dt != DType::F32;
+    let Dims { batch: bt, steps, input: i, hidden: h } = l.d;
+    let (ts, g4) = (dt.size() as u64, 4 * h);
+    let at = |t: &Tensor, elems: usize| t.device_ptr() + ts * elems as u64;
+    let dta = |p: u64, elems: usize| p + ts * elems as u64;
+    // f32 block.
+    let dwi = ws32.device_ptr();
+    let dwh = f32_at(dwi, g4 * i);
+    let db = f32_at(dwh, g4 * h);
+    let ones = f32_at(db, g4);
+    let dg32 = f32_at(ones, bt);
+    let x32 = f32_at(dg32, bt * g4);
+    let hp32 = f32_at(x32, bt * i);
+    g.zero(dwi, 4 * (g4 * (i + h) + g4 + bt))?;
+    g.launch(&k::affine(DType::F32, ones, ones, bt, 0.0, 1.0)?)?;
+    // Storage-dtype block.
+    let dg = wsdt.device_ptr();
+    let dh = dta(dg, bt * g4);
+    let dc = dta(dh, bt * h);
+    let zeros = dta(dc, bt * h);
+    let state_bytes = bt * h * dt.size();
+    for (grad, to) in [(s.dh_n, dh), (s.dc_n, dc), (None, zeros)] {
+        match grad {
+            Some(v) => g.copy(to, v.device_ptr(), state_bytes)?,
+            None => g.zero(to, state_bytes)?,
+        }
+    }
+    let order = lstm_order(steps, l.reverse);
+    let dense = |ptr: u64, rs: usize| Operand { ptr, rs, cs: 1, batch_stride: 0 };
+    for (kk, &t) in order.iter().enumerate().rev() {
+        let prev = kk.checked_sub(1).map(|k| order[k]);
+        let h_prev = match (prev, l.state) {
+            (Some(p), _) => Some(at(s.hs, p * bt * h)),
+            (None, Some((h0, _))) => Some(h0.device_ptr()),
+            (None, None) => None,
+        };
+        let c_prev = match (prev, l.state) {
+            (Some(p), _) => at(s.cs, p * bt * h),
+            (None, Some((_, c0))) => c0.device_ptr(),
+            (None, None) => zeros,
+        };
+        if let Some(dy) = s.dy {
+            let (sd, sy) = ([h, 1], [steps * h, 1]);
+            let l = k::binary(
+                BinaryOp::Add,
+                dt,
+                &[bt, h],
+                Strided { ptr: dh, strides: &sd },
+                Strided { ptr: at(dy, t * h), strides: &sy },
+                dh,
+            )?;
+            g.launch(&l)?;
+        }
+        // dc is read before it is rewritten, element by element: in place.
+        let cell = k::LstmCellGrad {
+            gates: at(s.gates, t * bt * g4),
+            c: c_prev,
+            dh: Some(dh),
+            dc: Some(dc),
+            dgates: dg,
+            dc_prev: Some(dc),
+        };
+        g.launch(&k::lstm_cell_grad(dt, bt, h, &cell)?)?;
+        // f32 operands of the weight-gradient products.
+        let widen = |src: u64, ld: usize, cols: usize, dst: u64| -> Result<(u64, usize)> {
+            if !half {
+                return Ok((src, ld));
+            }
+            g.launch(&k::conv_tile_in(dt, bt, cols, k::Mat { ptr: src, ld }, k::Mat { ptr: dst, ld: cols })?)?;
+            Ok((dst, cols))
+        };
+        let (dgw, _) = widen(dg, g4, g4, dg32)?;
+        let (xw, ldx) = widen(at(l.x, t * i), steps * i, i, x32)?;
+        // dW_ih += dGᵀ·x_t, dW_hh += dGᵀ·h_prev, db += 1ᵀ·dG.
+        let dgt = Operand { ptr: dgw, rs: 1, cs: g4, batch_stride: 0 };
+        gemm_f32(&g, g4, bt, i, dgt, f32_op(xw, ldx, 1), dwi, i, true, gemm)?;
+        if let Some(hp) = h_prev {
+            let (hw, ldh) = widen(hp, h, h, hp32)?;
+            gemm_f32(&g, g4, bt, h, dgt, f32_op(hw, ldh, 1), dwh, h, true, gemm)?;
+        }
+        gemm_f32(&g, 1, bt, g4, f32_op(ones, bt, 1), f32_op(dgw, g4, 1), db, g4, true, gemm)?;
+        // dh_prev = dG·W_hh, dx_t = dG·W_ih.
+        gemm_dt(&g, dt, (bt, g4, h), dense(dg, g4), dense(l.w_hh.device_ptr(), h), dh, h, false, gemm)?;
+        if let Some(dx) = out.dx {
+            gemm_dt(&g, dt, (bt, g4, i), dense(dg, g4), dense(l.w_ih.device_ptr(), i), at(dx, t * i), steps * i, false, gemm)?;
+        }
+    }
+    let store = |dst: Option<&Tensor>, src: u64, rows: usize, cols: usize| -> Result<()> {
+        if let Some(dst) = dst {
+            let m = |ptr| k::Mat { ptr, ld: cols };
+            g.launch(&k::conv_tile_out(dt, rows, cols, m(src), m(dst.device_ptr()), None)?)?;
+        }
+        Ok(())
+    };
+    store(out.w_ih, dwi, g4, i)?;
+    store(out.w_hh, dwh, g4, h)?;
+    store(out.bias, db, 1, g4)?;
+    for (dst, src) in [(out.h0, dh), (out.c0, dc)] {
+        if let Some(dst) = dst {
+            g.copy(dst.device_ptr(), src, state_bytes)?;
+        }
+    }
+    Ok(())
+}
