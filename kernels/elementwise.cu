@@ -198,17 +198,20 @@ extern "C" __global__ void scale_bf16(bf16* x, long long n, float s) { map1(x, x
 
 // ---- strided copy and affine maps --------------------------------------------------
 
-// out[i] = src[offset of element i of shape with strides bc.a], any element
-// type of the same width (a copy moves bits, not values).
+// Element i of shape: out[offset with strides bc.b] = src[offset with
+// strides bc.a] (bc.b dense for a plain gather; strided to write into a
+// view), any element type of the same width (a copy moves bits, not values).
 template <class T>
 __device__ void copy_strided(const T* src, T* out, const Broadcast& bc, long long n) {
     for (long long i = global_thread(); i < n; i += grid_threads()) {
-        long long r = i, o = 0;
+        long long r = i, o = 0, w = 0;
         for (int d = bc.rank - 1; d >= 0; --d) {
-            o += (r % bc.shape[d]) * bc.a[d];
+            long long q = r % bc.shape[d];
+            o += q * bc.a[d];
+            w += q * bc.b[d];
             r /= bc.shape[d];
         }
-        out[i] = src[o];
+        out[w] = src[o];
     }
 }
 extern "C" __global__ void copy_strided_b1(const unsigned char* s, unsigned char* o, Broadcast bc, long long n) {

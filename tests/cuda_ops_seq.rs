@@ -241,3 +241,35 @@ fn a_cuda_plan_predicts_lstm_backward_to_the_byte() {
         same_plan(&format!("lstm {dtype}"), &planned, &measured);
     }
 }
+
+#[test]
+fn concat_split_slices_and_a_bidirectional_lstm_match_the_cpu() {
+    for dtype in DTYPES {
+        // A transposed part is read through its strides; slice and unbind gradients land in place.
+        let r = both(&[&[2, 3, 5], &[2, 5, 4], &[2, 2, 5]], dtype, |x| {
+            let y = Tensor::concat(&[&x[0], &x[1].transpose(1, 2)?, &x[2]], 1)?;
+            let parts = y.split(&[4, 5], 1)?;
+            let rows = parts[1].unbind(1)?;
+            parts[0].slice(2, 1, 4)?.sum(&[1], false)?.add(&rows[3].slice(1, 0, 3)?.mul(&rows[0].slice(1, 2, 5)?)?)
+        });
+        check("concat/split/slice/unbind", dtype, &r);
+        let shapes: [&[usize]; 5] = [&[3, 6, 4], &[20, 4], &[20, 5], &[20], &[20]];
+        let r = both(&shapes, dtype, |x| {
+            let p = |s: f32| headroom::ops::LstmParams {
+                w_ih: x[1].mul_scalar(s).unwrap(),
+                w_hh: x[2].mul_scalar(s).unwrap(),
+                b_ih: Some(x[3].clone()),
+                b_hh: Some(x[4].clone()),
+            };
+            let (y, (h, c)) = x[0].lstm_bidirectional(&p(0.3), &p(-0.2), None)?;
+            let state = h.mul(&c)?.permute(&[1, 0, 2])?.reshape(&[3, 10])?;
+            Tensor::concat(&[&y.sum(&[1], false)?, &state], 1)
+        });
+        check("lstm_bidirectional", dtype, &r);
+    }
+    // Integer parts move as bits.
+    let a = Arena::cuda(&gpu(), ArenaConfig::default()).unwrap();
+    let i = Tensor::from_slice(&a, &[2, 2], &[1i32, 2, 3, 4], Tag::Data).unwrap();
+    let j = Tensor::from_slice(&a, &[2, 1], &[5i32, 6], Tag::Data).unwrap();
+    assert_eq!(Tensor::concat(&[&i, &j], 1).unwrap().to_vec::<i32>().unwrap(), vec![1, 2, 5, 3, 4, 6]);
+}

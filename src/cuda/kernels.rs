@@ -652,6 +652,20 @@ pub fn scale(dtype: DType, x: u64, n: usize, s: f32) -> Result<Launch> {
 /// `out = src` read through `strides` (in elements) over `shape`, out dense;
 /// elements of `width` bytes (1, 2 or 4).
 pub fn copy_strided(width: usize, shape: &[usize], strides: &[usize], src: u64, out: u64) -> Result<Launch> {
+    copy_strided_to(width, shape, strides, src, &crate::tensor::contiguous_strides(shape), out)
+}
+
+/// `out` viewed through `out_strides` = `src` read through `strides`, over
+/// `shape` (a copy into a strided view: a slice of a gradient, a part of a
+/// concatenation). The destination view must not overlap itself.
+pub fn copy_strided_to(
+    width: usize,
+    shape: &[usize],
+    strides: &[usize],
+    src: u64,
+    out_strides: &[usize],
+    out: u64,
+) -> Result<Launch> {
     let n: usize = shape.iter().product();
     let kernel = match width {
         1 => "copy_strided_b1",
@@ -659,8 +673,7 @@ pub fn copy_strided(width: usize, shape: &[usize], strides: &[usize], src: u64, 
         4 => "copy_strided_b4",
         w => return Err(Error::cuda("copy_strided", format!("elements of {w} bytes; the kernels copy 1, 2 or 4"))),
     };
-    let zeros = vec![0; shape.len()];
-    let bc = Broadcast::new("copy_strided", shape, strides, &zeros)?;
+    let bc = Broadcast::new("copy_strided", shape, strides, out_strides)?;
     let args = vec![KernelArg::Ptr(src), KernelArg::Ptr(out), KernelArg::Broadcast(bc), len_arg(n)];
     spec_of(kernel)?.elements(n, args)
 }

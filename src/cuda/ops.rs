@@ -34,6 +34,13 @@ pub fn copy_strided(src: &Tensor, out: &Tensor) -> Result<()> {
     g.launch(&l)
 }
 
+/// `dst` (a view, any strides) = `src` (any strides), same shape and dtype.
+pub fn copy_into(src: &Tensor, dst: &Tensor) -> Result<()> {
+    let g = gpu("copy", src)?;
+    let w = src.dtype().size();
+    g.launch(&k::copy_strided_to(w, src.shape(), src.strides(), src.device_ptr(), dst.strides(), dst.device_ptr())?)
+}
+
 /// `out = a op b` over `out`'s shape, `a` and `b` broadcast (strides given).
 pub fn binary(op: BinaryOp, a: &Tensor, sa: &[usize], b: &Tensor, sb: &[usize], out: &Tensor) -> Result<()> {
     let l = k::binary(op, out.dtype(), out.shape(), strided(a, sa), strided(b, sb), out.device_ptr())?;

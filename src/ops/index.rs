@@ -110,7 +110,15 @@ impl Tensor {
         shape[d] = sizes.iter().sum();
         let parts = ts.iter().map(|t| t.contiguous_untracked(OP)).collect::<Result<Vec<_>>>()?;
         let out = output(OP, first, &shape, first.dtype())?;
-        if !out.is_meta() {
+        if out.is_cuda() {
+            // Each part into its slab of the output, read through its strides.
+            let mut start = 0;
+            for (p, &n) in parts.iter().zip(&sizes) {
+                let off = start * out.strides()[d];
+                crate::cuda::ops::copy_into(p, &out.restride(p.shape().to_vec(), out.strides().to_vec(), off))?;
+                start += n;
+            }
+        } else if !out.is_meta() {
             let row = shape[d + 1..].iter().product::<usize>() * first.dtype().size();
             let srcs = parts.iter().map(bytes).collect::<Result<Vec<_>>>()?;
             let widths: Vec<usize> = sizes.iter().map(|&s| s * row).collect();
