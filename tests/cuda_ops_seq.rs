@@ -273,3 +273,40 @@ fn concat_split_slices_and_a_bidirectional_lstm_match_the_cpu() {
     let j = Tensor::from_slice(&a, &[2, 1], &[5i32, 6], Tag::Data).unwrap();
     assert_eq!(Tensor::concat(&[&i, &j], 1).unwrap().to_vec::<i32>().unwrap(), vec![1, 2, 5, 3, 4, 6]);
 }
+
+/// The lip-reading model end to end (conv3d, relu, max_pool, a
+/// bidirectional LSTM, additive attention, the head, log_softmax, CTC): its
+/// loss and every parameter's gradient on the emulated GPU are the CPU's.
+#[test]
+fn the_lipread_model_trains_a_step_on_the_gpu_as_on_the_cpu() {
+    use headroom::model::{Batch, Lipread, LipreadConfig};
+    small_tiles();
+    let config = LipreadConfig {
+        frames: 5,
+        size: 8,
+        channels: vec![3, 4],
+        lstm_layers: 1,
+        hidden: 6,
+        bidirectional: true,
+        attention: Some(5),
+        chars: 6,
+    };
+    let run = |arena: &Arena| {
+        let mut rng = Rng::new(11);
+        let m = Lipread::new(arena, config.clone(), &mut rng).unwrap();
+        let x = Tensor::randn(arena, &[2, 3, 5, 8, 8], 1.0, DType::F32, Tag::Data, &mut rng).unwrap();
+        let y = Tensor::from_slice(arena, &[2, 3], &[1i32, 2, 3, 4, 5, 0], Tag::Data).unwrap();
+        let batch = Batch { x, x_lengths: vec![5, 4], x_mask: None, y, y_in: None, y_lengths: vec![3, 2] };
+        let loss = m.loss(&batch, None, &[]).unwrap();
+        backward(&loss).unwrap();
+        let mut out = vec![("loss".to_string(), loss.to_vec_f32().unwrap())];
+        out.extend(m.params().into_iter().map(|(n, p)| (n, p.grad().expect("a gradient").to_vec_f32().unwrap())));
+        out
+    };
+    let (h, d) = (run(&Arena::host()), run(&Arena::cuda(&gpu(), ArenaConfig::default()).unwrap()));
+    assert_eq!(h.len(), d.len());
+    for ((name, hv), (_, dv)) in h.iter().zip(&d) {
+        assert!(hv.iter().any(|v| *v != 0.0), "{name} is all zeros");
+        close(dv, hv, 1e-3, name);
+    }
+}
