@@ -214,9 +214,8 @@ fn a_cuda_plan_predicts_lstm_backward_to_the_byte() {
     for dtype in DTYPES {
         let (planned, measured) = plan_and_run(|arena| {
             let mut rng = Rng::new(4);
-            let mut p = |s: &[usize]| {
-                Tensor::randn(arena, s, 0.3, dtype, Tag::Parameter, &mut rng).unwrap().requires_grad()
-            };
+            let mut p =
+                |s: &[usize]| Tensor::randn(arena, s, 0.3, dtype, Tag::Parameter, &mut rng).unwrap().requires_grad();
             let x = p(&[3, 9, 5]);
             let params = headroom::ops::LstmParams {
                 w_ih: p(&[28, 5]),

@@ -253,12 +253,25 @@ fn conv_weight(g: &Gpu, gm: &Geom, w: &Tensor, wbuf: u64) -> Result<u64> {
     if w.dtype() == DType::F32 {
         return Ok(w.device_ptr());
     }
-    g.launch(&k::conv_tile_in(w.dtype(), gm.o, kd, k::Mat { ptr: w.device_ptr(), ld: kd }, k::Mat { ptr: wbuf, ld: kd })?)?;
+    g.launch(&k::conv_tile_in(
+        w.dtype(),
+        gm.o,
+        kd,
+        k::Mat { ptr: w.device_ptr(), ld: kd },
+        k::Mat { ptr: wbuf, ld: kd },
+    )?)?;
     Ok(wbuf)
 }
 
 /// `small = W·col(big) (+ bias)` for every sample (cpu::conv::forward).
-pub fn conv_forward(gm: &Geom, big: &Tensor, w: &Tensor, bias: Option<&Tensor>, small: &Tensor, c: &ConvWs) -> Result<()> {
+pub fn conv_forward(
+    gm: &Geom,
+    big: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    small: &Tensor,
+    c: &ConvWs,
+) -> Result<()> {
     let g = gpu("conv", big)?;
     let dt = big.dtype();
     let (h, kd, o, p, blen) = (usize::from(dt != DType::F32), gm.kdim(), gm.o, gm.small_len(), gm.big_len());
@@ -287,7 +300,14 @@ pub fn conv_forward(gm: &Geom, big: &Tensor, w: &Tensor, bias: Option<&Tensor>, 
 }
 
 /// `big = col2im(Wᵀ·small) (+ bias)` for every sample (cpu::conv::adjoint).
-pub fn conv_adjoint(gm: &Geom, small: &Tensor, w: &Tensor, bias: Option<&Tensor>, big: &Tensor, c: &ConvWs) -> Result<()> {
+pub fn conv_adjoint(
+    gm: &Geom,
+    small: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    big: &Tensor,
+    c: &ConvWs,
+) -> Result<()> {
     let g = gpu("conv", small)?;
     let dt = small.dtype();
     let (h, kd, o, p, blen) = (usize::from(dt != DType::F32), gm.kdim(), gm.o, gm.small_len(), gm.big_len());
@@ -348,7 +368,18 @@ pub fn conv_weight_grad(gm: &Geom, big: &Tensor, small: &Tensor, dw: &Tensor, c:
             };
             for j0 in (0..n).step_by(QUANTUM) {
                 let q = QUANTUM.min(n - j0);
-                gemm_f32(&g, o, q, kd, f32_op(f32_at(s, j0), ls, 1), f32_op(f32_at(col, j0), 1, n), acc, kd, true, c.gemm)?;
+                gemm_f32(
+                    &g,
+                    o,
+                    q,
+                    kd,
+                    f32_op(f32_at(s, j0), ls, 1),
+                    f32_op(f32_at(col, j0), 1, n),
+                    acc,
+                    kd,
+                    true,
+                    c.gemm,
+                )?;
             }
         }
     }
@@ -496,7 +527,14 @@ fn lstm_order(steps: usize, reverse: bool) -> Vec<usize> {
 
 /// Forward over all steps into gates `[T, B, 4H]`, hs and cs `[T, B, H]`;
 /// `zeros` holds [`lstm_forward_workspace`] elements.
-pub fn lstm_forward(l: &LstmSeq, gates: &Tensor, hs: &Tensor, cs: &Tensor, zeros: &Tensor, gemm: &Tensor) -> Result<()> {
+pub fn lstm_forward(
+    l: &LstmSeq,
+    gates: &Tensor,
+    hs: &Tensor,
+    cs: &Tensor,
+    zeros: &Tensor,
+    gemm: &Tensor,
+) -> Result<()> {
     let g = gpu("lstm", l.x)?;
     let dt = l.x.dtype();
     let Dims { batch: bt, steps, input: i, hidden: h } = l.d;
@@ -647,7 +685,17 @@ pub fn lstm_backward(
         // dh_prev = dG·W_hh, dx_t = dG·W_ih.
         gemm_dt(&g, dt, (bt, g4, h), dense(dg, g4), dense(l.w_hh.device_ptr(), h), dh, h, false, gemm)?;
         if let Some(dx) = out.dx {
-            gemm_dt(&g, dt, (bt, g4, i), dense(dg, g4), dense(l.w_ih.device_ptr(), i), at(dx, t * i), steps * i, false, gemm)?;
+            gemm_dt(
+                &g,
+                dt,
+                (bt, g4, i),
+                dense(dg, g4),
+                dense(l.w_ih.device_ptr(), i),
+                at(dx, t * i),
+                steps * i,
+                false,
+                gemm,
+            )?;
         }
     }
     let store = |dst: Option<&Tensor>, src: u64, rows: usize, cols: usize| -> Result<()> {

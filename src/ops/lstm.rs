@@ -348,14 +348,8 @@ impl Tensor {
                 let gemm = cuda::gemm_workspace(x)?;
                 if ws32.is_cuda() {
                     let l = cuda::LstmSeq { d, reverse, x, w_ih, w_hh, b_ih: None, b_hh: None, state: st };
-                    let saved = cuda::LstmSaved {
-                        gates,
-                        hs,
-                        cs,
-                        dy: dy.as_ref(),
-                        dh_n: dh_n.as_ref(),
-                        dc_n: dc_n.as_ref(),
-                    };
+                    let saved =
+                        cuda::LstmSaved { gates, hs, cs, dy: dy.as_ref(), dh_n: dh_n.as_ref(), dc_n: dc_n.as_ref() };
                     let out = cuda::LstmGrads {
                         dx: dx.as_ref(),
                         w_ih: dw_ih.as_ref(),
