@@ -309,3 +309,27 @@ fn the_lipread_model_trains_a_step_on_the_gpu_as_on_the_cpu() {
         close(dv, hv, 1e-3, name);
     }
 }
+
+#[test]
+fn masked_fill_and_where_match_the_cpu() {
+    let mask = |like: &Tensor, shape: &[usize]| {
+        let n: usize = shape.iter().product();
+        let v: Vec<u8> = (0..n).map(|i| u8::from(i % 3 == 1)).collect();
+        Tensor::from_slice(like.arena(), shape, &v, Tag::Data)
+    };
+    for dtype in DTYPES {
+        // A broadcast mask over a transposed input.
+        let r = both(&[&[3, 5, 4]], dtype, |x| x[0].transpose(1, 2)?.masked_fill(&mask(&x[0], &[4, 1])?, -3.0));
+        check("masked_fill", dtype, &r);
+        let r = both(&[&[2, 3, 4], &[4]], dtype, |x| {
+            Tensor::where_cond(&mask(&x[0], &[3, 1])?, &x[0], &x[1].mul_scalar(2.0)?)
+        });
+        check("where_cond", dtype, &r);
+    }
+    // −∞ fills (attention masks) come through as −∞.
+    let a = Arena::cuda(&gpu(), ArenaConfig::default()).unwrap();
+    let x = Tensor::from_f32(&a, &[2, 3], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], DType::F16, Tag::Data).unwrap();
+    let m = Tensor::from_slice(&a, &[3], &[0u8, 1, 0], Tag::Data).unwrap();
+    let y = x.masked_fill(&m, f32::NEG_INFINITY).unwrap().to_vec_f32().unwrap();
+    assert_eq!(y, vec![1.0, f32::NEG_INFINITY, 3.0, 4.0, f32::NEG_INFINITY, 6.0]);
+}

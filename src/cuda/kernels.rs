@@ -292,6 +292,9 @@ pub const LAUNCH: &[LaunchSpec] = &[
     spec("copy_strided_b1", EW, 256, ONE, Smem::None),
     spec("copy_strided_b2", EW, 256, ONE, Smem::None),
     spec("copy_strided_b4", EW, 256, ONE, Smem::None),
+    spec("select_f32", EW, 256, ONE, Smem::None),
+    spec("select_f16", EW, 256, ONE, Smem::None),
+    spec("select_bf16", EW, 256, ONE, Smem::None),
     spec("affine_f32", EW, 256, PAIRS, Smem::None),
     spec("affine_f16", EW, 256, PAIRS, Smem::None),
     spec("affine_bf16", EW, 256, PAIRS, Smem::None),
@@ -623,6 +626,39 @@ pub fn binary(op: BinaryOp, dtype: DType, shape: &[usize], a: Strided, b: Stride
         code,
     ];
     named("binary", dtype)?.elements(n, args)
+}
+
+/// One side of a [`select`]: a strided tensor or a scalar.
+#[derive(Clone, Copy, Debug)]
+pub enum Side<'a> {
+    Tensor(Strided<'a>),
+    Scalar(f32),
+}
+
+/// `out = cond ? a : b` over `shape` (out dense), `cond` u8, each side a
+/// broadcast tensor or a scalar (masked_fill, where_cond).
+pub fn select(dtype: DType, shape: &[usize], cond: Strided, a: Side, b: Side, out: u64) -> Result<Launch> {
+    let n: usize = shape.iter().product();
+    let zeros = vec![0; shape.len()];
+    let parts = |s: Side<'_>| match s {
+        Side::Tensor(t) => (t.ptr, t.strides.to_vec(), 0.0),
+        Side::Scalar(v) => (0, zeros.clone(), v),
+    };
+    let ((pa, sa, va), (pb, sb, vb)) = (parts(a), parts(b));
+    let bc = Broadcast::new("select", shape, &sa, &sb)?;
+    let bcc = Broadcast::new("select", shape, cond.strides, &zeros)?;
+    let args = vec![
+        KernelArg::Ptr(cond.ptr),
+        KernelArg::Ptr(pa),
+        KernelArg::Ptr(pb),
+        KernelArg::Ptr(out),
+        KernelArg::Broadcast(bc),
+        KernelArg::Broadcast(bcc),
+        len_arg(n),
+        KernelArg::F32(va),
+        KernelArg::F32(vb),
+    ];
+    named("select", dtype)?.elements(n, args)
 }
 
 /// `y = op(x)`, both dense with `n` elements.
