@@ -198,17 +198,20 @@ extern "C" __global__ void scale_bf16(bf16* x, long long n, float s) { map1(x, x
 
 // ---- strided copy and affine maps --------------------------------------------------
 
-// out[i] = src[offset of element i of shape with strides bc.a], any element
-// type of the same width (a copy moves bits, not values).
+// Element i of shape: out[offset with strides bc.b] = src[offset with
+// strides bc.a] (bc.b dense for a plain gather; strided to write into a
+// view), any element type of the same width (a copy moves bits, not values).
 template <class T>
 __device__ void copy_strided(const T* src, T* out, const Broadcast& bc, long long n) {
     for (long long i = global_thread(); i < n; i += grid_threads()) {
-        long long r = i, o = 0;
+        long long r = i, o = 0, w = 0;
         for (int d = bc.rank - 1; d >= 0; --d) {
-            o += (r % bc.shape[d]) * bc.a[d];
+            long long q = r % bc.shape[d];
+            o += q * bc.a[d];
+            w += q * bc.b[d];
             r /= bc.shape[d];
         }
-        out[i] = src[o];
+        out[w] = src[o];
     }
 }
 extern "C" __global__ void copy_strided_b1(const unsigned char* s, unsigned char* o, Broadcast bc, long long n) {
@@ -234,4 +237,41 @@ extern "C" __global__ void affine_f16(const f16* x, f16* y, long long n, float a
 }
 extern "C" __global__ void affine_bf16(const bf16* x, bf16* y, long long n, float a, float b) {
     map1(x, y, n, Affine{a, b});
+}
+
+// ---- select (masked_fill, where_cond) -----------------------------------------------
+
+// out[i] = cond[i] ? a[i] : b[i] over a broadcast shape, out dense: a and b
+// read through bc.a and bc.b, the u8 cond through bcc.a; a null side is the
+// scalar va or vb.
+template <class T>
+__device__ void select(const unsigned char* cond, const T* a, const T* b, T* out, const Broadcast& bc,
+                       const Broadcast& bcc, long long n, float va, float vb) {
+    for (long long i = global_thread(); i < n; i += grid_threads()) {
+        long long r = i, oa = 0, ob = 0;
+        for (int d = bc.rank - 1; d >= 0; --d) {
+            long long q = r % bc.shape[d];
+            oa += q * bc.a[d];
+            ob += q * bc.b[d];
+            r /= bc.shape[d];
+        }
+        long long rc = i, oc = 0;
+        for (int d = bcc.rank - 1; d >= 0; --d) {
+            oc += (rc % bcc.shape[d]) * bcc.a[d];
+            rc /= bcc.shape[d];
+        }
+        out[i] = cond[oc] ? (a ? a[oa] : from_f32<T>(va)) : (b ? b[ob] : from_f32<T>(vb));
+    }
+}
+extern "C" __global__ void select_f32(const unsigned char* c, const float* a, const float* b, float* out, Broadcast bc,
+    Broadcast bcc, long long n, float va, float vb) {
+    select(c, a, b, out, bc, bcc, n, va, vb);
+}
+extern "C" __global__ void select_f16(const unsigned char* c, const f16* a, const f16* b, f16* out, Broadcast bc,
+    Broadcast bcc, long long n, float va, float vb) {
+    select(c, a, b, out, bc, bcc, n, va, vb);
+}
+extern "C" __global__ void select_bf16(const unsigned char* c, const bf16* a, const bf16* b, bf16* out, Broadcast bc,
+    Broadcast bcc, long long n, float va, float vb) {
+    select(c, a, b, out, bc, bcc, n, va, vb);
 }

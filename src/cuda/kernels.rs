@@ -292,6 +292,9 @@ pub const LAUNCH: &[LaunchSpec] = &[
     spec("copy_strided_b1", EW, 256, ONE, Smem::None),
     spec("copy_strided_b2", EW, 256, ONE, Smem::None),
     spec("copy_strided_b4", EW, 256, ONE, Smem::None),
+    spec("select_f32", EW, 256, ONE, Smem::None),
+    spec("select_f16", EW, 256, ONE, Smem::None),
+    spec("select_bf16", EW, 256, ONE, Smem::None),
     spec("affine_f32", EW, 256, PAIRS, Smem::None),
     spec("affine_f16", EW, 256, PAIRS, Smem::None),
     spec("affine_bf16", EW, 256, PAIRS, Smem::None),
@@ -625,6 +628,39 @@ pub fn binary(op: BinaryOp, dtype: DType, shape: &[usize], a: Strided, b: Stride
     named("binary", dtype)?.elements(n, args)
 }
 
+/// One side of a [`select`]: a strided tensor or a scalar.
+#[derive(Clone, Copy, Debug)]
+pub enum Side<'a> {
+    Tensor(Strided<'a>),
+    Scalar(f32),
+}
+
+/// `out = cond ? a : b` over `shape` (out dense), `cond` u8, each side a
+/// broadcast tensor or a scalar (masked_fill, where_cond).
+pub fn select(dtype: DType, shape: &[usize], cond: Strided, a: Side, b: Side, out: u64) -> Result<Launch> {
+    let n: usize = shape.iter().product();
+    let zeros = vec![0; shape.len()];
+    let parts = |s: Side<'_>| match s {
+        Side::Tensor(t) => (t.ptr, t.strides.to_vec(), 0.0),
+        Side::Scalar(v) => (0, zeros.clone(), v),
+    };
+    let ((pa, sa, va), (pb, sb, vb)) = (parts(a), parts(b));
+    let bc = Broadcast::new("select", shape, &sa, &sb)?;
+    let bcc = Broadcast::new("select", shape, cond.strides, &zeros)?;
+    let args = vec![
+        KernelArg::Ptr(cond.ptr),
+        KernelArg::Ptr(pa),
+        KernelArg::Ptr(pb),
+        KernelArg::Ptr(out),
+        KernelArg::Broadcast(bc),
+        KernelArg::Broadcast(bcc),
+        len_arg(n),
+        KernelArg::F32(va),
+        KernelArg::F32(vb),
+    ];
+    named("select", dtype)?.elements(n, args)
+}
+
 /// `y = op(x)`, both dense with `n` elements.
 pub fn unary(op: UnaryOp, dtype: DType, x: u64, y: u64, n: usize) -> Result<Launch> {
     let args = vec![KernelArg::Ptr(x), KernelArg::Ptr(y), len_arg(n), KernelArg::I32(op as i32)];
@@ -652,6 +688,20 @@ pub fn scale(dtype: DType, x: u64, n: usize, s: f32) -> Result<Launch> {
 /// `out = src` read through `strides` (in elements) over `shape`, out dense;
 /// elements of `width` bytes (1, 2 or 4).
 pub fn copy_strided(width: usize, shape: &[usize], strides: &[usize], src: u64, out: u64) -> Result<Launch> {
+    copy_strided_to(width, shape, strides, src, &crate::tensor::contiguous_strides(shape), out)
+}
+
+/// `out` viewed through `out_strides` = `src` read through `strides`, over
+/// `shape` (a copy into a strided view: a slice of a gradient, a part of a
+/// concatenation). The destination view must not overlap itself.
+pub fn copy_strided_to(
+    width: usize,
+    shape: &[usize],
+    strides: &[usize],
+    src: u64,
+    out_strides: &[usize],
+    out: u64,
+) -> Result<Launch> {
     let n: usize = shape.iter().product();
     let kernel = match width {
         1 => "copy_strided_b1",
@@ -659,8 +709,7 @@ pub fn copy_strided(width: usize, shape: &[usize], strides: &[usize], src: u64, 
         4 => "copy_strided_b4",
         w => return Err(Error::cuda("copy_strided", format!("elements of {w} bytes; the kernels copy 1, 2 or 4"))),
     };
-    let zeros = vec![0; shape.len()];
-    let bc = Broadcast::new("copy_strided", shape, strides, &zeros)?;
+    let bc = Broadcast::new("copy_strided", shape, strides, out_strides)?;
     let args = vec![KernelArg::Ptr(src), KernelArg::Ptr(out), KernelArg::Broadcast(bc), len_arg(n)];
     spec_of(kernel)?.elements(n, args)
 }

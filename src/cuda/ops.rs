@@ -34,6 +34,13 @@ pub fn copy_strided(src: &Tensor, out: &Tensor) -> Result<()> {
     g.launch(&l)
 }
 
+/// `dst` (a view, any strides) = `src` (any strides), same shape and dtype.
+pub fn copy_into(src: &Tensor, dst: &Tensor) -> Result<()> {
+    let g = gpu("copy", src)?;
+    let w = src.dtype().size();
+    g.launch(&k::copy_strided_to(w, src.shape(), src.strides(), src.device_ptr(), dst.strides(), dst.device_ptr())?)
+}
+
 /// `out = a op b` over `out`'s shape, `a` and `b` broadcast (strides given).
 pub fn binary(op: BinaryOp, a: &Tensor, sa: &[usize], b: &Tensor, sb: &[usize], out: &Tensor) -> Result<()> {
     let l = k::binary(op, out.dtype(), out.shape(), strided(a, sa), strided(b, sb), out.device_ptr())?;
@@ -166,4 +173,545 @@ pub fn matmul(a: &Tensor, b: &Tensor, out: &Tensor, ws: &Tensor) -> Result<()> {
         accumulate: false,
     };
     gpu("matmul", a)?.gemm(&g, (ws.device_ptr(), ws.nbytes()))
+}
+
+// ---- pooling ----------------------------------------------------------------------
+
+use crate::cpu::conv::{Geom, QUANTUM};
+use crate::cpu::pool::PoolGeom;
+
+/// Max pool of dense `x` `[planes, big]` into `out` and the i32 argmax `arg`.
+pub fn max_pool(g: &PoolGeom, x: &Tensor, out: &Tensor, arg: &Tensor) -> Result<()> {
+    let planes = x.numel() / g.big_len().max(1);
+    let l = k::max_pool(x.dtype(), g, planes, x.device_ptr(), out.device_ptr(), arg.device_ptr())?;
+    gpu("max_pool", x)?.launch(&l)
+}
+
+pub fn max_pool_grad(g: &PoolGeom, dy: &Tensor, arg: &Tensor, dx: &Tensor) -> Result<()> {
+    let planes = dx.numel() / g.big_len().max(1);
+    let l = k::max_pool_grad(dy.dtype(), g, planes, dy.device_ptr(), arg.device_ptr(), dx.device_ptr())?;
+    gpu("max_pool", dy)?.launch(&l)
+}
+
+pub fn avg_pool(g: &PoolGeom, x: &Tensor, out: &Tensor) -> Result<()> {
+    let planes = x.numel() / g.big_len().max(1);
+    let l = k::avg_pool(x.dtype(), g, planes, x.device_ptr(), out.device_ptr())?;
+    gpu("avg_pool", x)?.launch(&l)
+}
+
+pub fn avg_pool_grad(g: &PoolGeom, dy: &Tensor, dx: &Tensor) -> Result<()> {
+    let planes = dx.numel() / g.big_len().max(1);
+    let l = k::avg_pool_grad(dy.dtype(), g, planes, dy.device_ptr(), dx.device_ptr())?;
+    gpu("avg_pool", dy)?.launch(&l)
+}
+
+// ---- convolution ------------------------------------------------------------------
+//
+// The three passes of src/cpu/conv.rs with the same workspace layout (so the
+// same bytes), the tiles built by the tile kernels and the products by
+// cuBLAS in f32, as tests/cuda_kernels_seq.rs chains them.
+
+/// A conv pass's tensors: the f32 conv workspace and the cuBLAS scratch.
+pub struct ConvWs<'a> {
+    pub tile: usize,
+    pub ws: &'a Tensor,
+    pub gemm: &'a Tensor,
+}
+
+/// f32 matrix operand at `ptr`: (row stride, column stride) in elements.
+fn f32_op(ptr: u64, rs: usize, cs: usize) -> Operand {
+    Operand { ptr, rs, cs, batch_stride: 0 }
+}
+
+/// One f32 product `C (+)= A·B` with dense-row `C` (`c_rs` apart).
+#[allow(clippy::too_many_arguments)]
+fn gemm_f32(
+    g: &Gpu,
+    m: usize,
+    kk: usize,
+    n: usize,
+    a: Operand,
+    b: Operand,
+    c: u64,
+    c_rs: usize,
+    accumulate: bool,
+    ws: &Tensor,
+) -> Result<()> {
+    let p = Gemm { dtype: DType::F32, m, n, k: kk, batch: 1, a, b, c, c_rs, c_batch_stride: m * c_rs, accumulate };
+    g.gemm(&p, (ws.device_ptr(), ws.nbytes()))
+}
+
+/// Byte address `elems` f32 past `p`.
+fn f32_at(p: u64, elems: usize) -> u64 {
+    p + 4 * elems as u64
+}
+
+/// The weight `[O, K]` as an f32 operand: in place for f32, else widened
+/// into `wbuf`.
+fn conv_weight(g: &Gpu, gm: &Geom, w: &Tensor, wbuf: u64) -> Result<u64> {
+    let kd = gm.kdim();
+    if w.dtype() == DType::F32 {
+        return Ok(w.device_ptr());
+    }
+    g.launch(&k::conv_tile_in(
+        w.dtype(),
+        gm.o,
+        kd,
+        k::Mat { ptr: w.device_ptr(), ld: kd },
+        k::Mat { ptr: wbuf, ld: kd },
+    )?)?;
+    Ok(wbuf)
+}
+
+/// `small = W·col(big) (+ bias)` for every sample (cpu::conv::forward).
+pub fn conv_forward(
+    gm: &Geom,
+    big: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    small: &Tensor,
+    c: &ConvWs,
+) -> Result<()> {
+    let g = gpu("conv", big)?;
+    let dt = big.dtype();
+    let (h, kd, o, p, blen) = (usize::from(dt != DType::F32), gm.kdim(), gm.o, gm.small_len(), gm.big_len());
+    let (ts, tile) = (dt.size() as u64, c.tile);
+    let wf = c.ws.device_ptr();
+    let col = f32_at(wf, h * o * kd);
+    let obuf = f32_at(col, kd * tile);
+    let wmat = conv_weight(&g, gm, w, wf)?;
+    let batch = small.shape()[0];
+    for b in 0..batch {
+        let x = big.device_ptr() + ts * (b * gm.c * blen) as u64;
+        for p0 in (0..p).step_by(tile) {
+            let n = tile.min(p - p0);
+            g.launch(&k::im2col(dt, gm, x, p0, n, col)?)?;
+            let yt = small.device_ptr() + ts * (b * o * p + p0) as u64;
+            // f32: the product lands in the output and the bias is added there.
+            let (dst, ld) = if h == 1 { (obuf, n) } else { (yt, p) };
+            gemm_f32(&g, o, kd, n, f32_op(wmat, kd, 1), f32_op(col, n, 1), dst, ld, false, c.gemm)?;
+            if h == 1 || bias.is_some() {
+                let src = k::Mat { ptr: dst, ld };
+                g.launch(&k::conv_tile_out(dt, o, n, src, k::Mat { ptr: yt, ld: p }, bias.map(|b| b.device_ptr()))?)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `big = col2im(Wᵀ·small) (+ bias)` for every sample (cpu::conv::adjoint).
+pub fn conv_adjoint(
+    gm: &Geom,
+    small: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    big: &Tensor,
+    c: &ConvWs,
+) -> Result<()> {
+    let g = gpu("conv", small)?;
+    let dt = small.dtype();
+    let (h, kd, o, p, blen) = (usize::from(dt != DType::F32), gm.kdim(), gm.o, gm.small_len(), gm.big_len());
+    let (ts, tile) = (dt.size() as u64, c.tile);
+    let wf = c.ws.device_ptr();
+    let abuf = f32_at(wf, h * o * kd);
+    let dcol = f32_at(abuf, h * gm.c * blen);
+    let sbuf = f32_at(dcol, kd * tile);
+    let wmat = conv_weight(&g, gm, w, wf)?;
+    let batch = big.shape()[0];
+    for b in 0..batch {
+        let dxs = big.device_ptr() + ts * (b * gm.c * blen) as u64;
+        let acc = if h == 1 { abuf } else { dxs };
+        g.zero(acc, 4 * gm.c * blen)?;
+        for p0 in (0..p).step_by(tile) {
+            let n = tile.min(p - p0);
+            let st = small.device_ptr() + ts * (b * o * p + p0) as u64;
+            let s = if h == 1 {
+                g.launch(&k::conv_tile_in(dt, o, n, k::Mat { ptr: st, ld: p }, k::Mat { ptr: sbuf, ld: n })?)?;
+                f32_op(sbuf, n, 1)
+            } else {
+                f32_op(st, p, 1)
+            };
+            gemm_f32(&g, kd, o, n, f32_op(wmat, 1, kd), s, dcol, n, false, c.gemm)?;
+            g.launch(&k::col2im(gm, dcol, p0, n, acc)?)?;
+        }
+        if h == 1 || bias.is_some() {
+            let m = |p| k::Mat { ptr: p, ld: blen };
+            g.launch(&k::conv_tile_out(dt, gm.c, blen, m(acc), m(dxs), bias.map(|b| b.device_ptr()))?)?;
+        }
+    }
+    Ok(())
+}
+
+/// `dw = Σ small·col(big)ᵀ`, one product per QUANTUM chunk added in order
+/// (cpu::conv::weight_grad's reduction grid).
+pub fn conv_weight_grad(gm: &Geom, big: &Tensor, small: &Tensor, dw: &Tensor, c: &ConvWs) -> Result<()> {
+    let g = gpu("conv", big)?;
+    let dt = big.dtype();
+    let (h, kd, o, p, blen) = (usize::from(dt != DType::F32), gm.kdim(), gm.o, gm.small_len(), gm.big_len());
+    let (ts, tile) = (dt.size() as u64, c.tile);
+    let wacc = c.ws.device_ptr();
+    let col = f32_at(wacc, h * o * kd);
+    let sbuf = f32_at(col, kd * tile);
+    let acc = if h == 1 { wacc } else { dw.device_ptr() };
+    g.zero(acc, 4 * o * kd)?;
+    for b in 0..big.shape()[0] {
+        let x = big.device_ptr() + ts * (b * gm.c * blen) as u64;
+        for p0 in (0..p).step_by(tile) {
+            let n = tile.min(p - p0);
+            g.launch(&k::im2col(dt, gm, x, p0, n, col)?)?;
+            let st = small.device_ptr() + ts * (b * o * p + p0) as u64;
+            let (s, ls) = if h == 1 {
+                g.launch(&k::conv_tile_in(dt, o, n, k::Mat { ptr: st, ld: p }, k::Mat { ptr: sbuf, ld: n })?)?;
+                (sbuf, n)
+            } else {
+                (st, p)
+            };
+            for j0 in (0..n).step_by(QUANTUM) {
+                let q = QUANTUM.min(n - j0);
+                gemm_f32(
+                    &g,
+                    o,
+                    q,
+                    kd,
+                    f32_op(f32_at(s, j0), ls, 1),
+                    f32_op(f32_at(col, j0), 1, n),
+                    acc,
+                    kd,
+                    true,
+                    c.gemm,
+                )?;
+            }
+        }
+    }
+    if h == 1 {
+        let m = |p| k::Mat { ptr: p, ld: kd };
+        g.launch(&k::conv_tile_out(dt, o, kd, m(wacc), m(dw.device_ptr()), None)?)?;
+    }
+    Ok(())
+}
+
+/// `out[c] = Σ_b Σ_s dy[b, c, s]` of dense `dy`.
+pub fn conv_bias_grad(dy: &Tensor, out: &Tensor, ch: usize) -> Result<()> {
+    let b = dy.shape()[0];
+    let s = dy.numel() / (b * ch).max(1);
+    gpu("conv", dy)?.launch(&k::conv_bias_grad(dy.dtype(), dy.device_ptr(), out.device_ptr(), b, ch, s)?)
+}
+
+// ---- CTC loss ---------------------------------------------------------------------
+
+/// A CTC loss's device buffers: the op's tensors (dense; lengths i32 `[B]`).
+pub struct Ctc<'a> {
+    pub shape: k::CtcShape,
+    pub log_probs: &'a Tensor,
+    pub targets: &'a Tensor,
+    pub input_lengths: &'a Tensor,
+    pub target_lengths: &'a Tensor,
+    pub nll: &'a Tensor,
+}
+
+impl Ctc<'_> {
+    fn buffers(&self) -> k::CtcBuffers {
+        k::CtcBuffers {
+            log_probs: self.log_probs.device_ptr(),
+            targets: self.targets.device_ptr(),
+            input_lengths: self.input_lengths.device_ptr(),
+            target_lengths: self.target_lengths.device_ptr(),
+            nll: self.nll.device_ptr(),
+        }
+    }
+}
+
+/// Each sample's nll, then the mean loss into `loss` `[]`; `ws` holds
+/// `ctc_workspace(..).forward_f32` f32.
+pub fn ctc_forward(c: &Ctc, zero_infinity: bool, ws: &Tensor, loss: &Tensor) -> Result<()> {
+    let g = gpu("ctc_loss", c.log_probs)?;
+    let dt = c.log_probs.dtype();
+    if c.shape.batch == 0 {
+        return g.zero(loss.device_ptr(), loss.nbytes()); // the CPU's mean of nothing
+    }
+    g.launch(&k::ctc_forward(dt, &c.shape, &c.buffers(), zero_infinity, ws.device_ptr())?)?;
+    g.launch(&k::ctc_mean(dt, c.shape.batch, c.nll.device_ptr(), c.target_lengths.device_ptr(), loss.device_ptr())?)
+}
+
+/// The gradient of the loss with respect to log_probs, scaled by the
+/// device scalar `grad_loss`.
+pub fn ctc_backward(c: &Ctc, grad_loss: &Tensor, grad: &Tensor, ws: &Tensor, chain: &Tensor) -> Result<()> {
+    let g = gpu("ctc_loss", c.log_probs)?;
+    if c.shape.batch == 0 {
+        return Ok(());
+    }
+    let l = k::ctc_backward(
+        c.log_probs.dtype(),
+        &c.shape,
+        &c.buffers(),
+        grad_loss.device_ptr(),
+        grad.device_ptr(),
+        ws.device_ptr(),
+        chain.device_ptr(),
+    )?;
+    g.launch(&l)
+}
+
+// ---- the fused LSTM layer -----------------------------------------------------------
+//
+// src/cpu/lstm.rs's seq_forward / seq_backward with the gate products on
+// cuBLAS in the storage dtype (f32 accumulation) and the cell on
+// lstm_cell / lstm_cell_grad. The weight and bias gradients accumulate over
+// the steps in f32, as on the CPU.
+
+use crate::cpu::lstm::Dims;
+
+/// One layer's dense tensors: x `[B, T, I]`, weights, biases, initial state.
+pub struct LstmSeq<'a> {
+    pub d: Dims,
+    pub reverse: bool,
+    pub x: &'a Tensor,
+    pub w_ih: &'a Tensor,
+    pub w_hh: &'a Tensor,
+    pub b_ih: Option<&'a Tensor>,
+    pub b_hh: Option<&'a Tensor>,
+    pub state: Option<(&'a Tensor, &'a Tensor)>,
+}
+
+/// Where the backward writes (None = not wanted); `bias` serves both biases.
+pub struct LstmGrads<'a> {
+    pub dx: Option<&'a Tensor>,
+    pub w_ih: Option<&'a Tensor>,
+    pub w_hh: Option<&'a Tensor>,
+    pub bias: Option<&'a Tensor>,
+    pub h0: Option<&'a Tensor>,
+    pub c0: Option<&'a Tensor>,
+}
+
+/// Workspace of the CUDA forward in elements of the storage dtype: a zero
+/// state `[B, H]` when there is no initial one (the cell reads a c).
+pub fn lstm_forward_workspace(d: &Dims, has_state: bool) -> usize {
+    if has_state {
+        0
+    } else {
+        d.batch * d.hidden
+    }
+}
+
+/// Workspace of the CUDA backward: (f32 elements, storage-dtype elements).
+/// f32: dW_ih, dW_hh, db accumulators, a ones row `[B]` (db as a product),
+/// and for f16/bf16 one step's gate gradients, input and previous h
+/// widened. Storage dtype: the gate gradients, dh, dc and a zero state.
+pub fn lstm_backward_workspace(d: &Dims, dtype: DType) -> (usize, usize) {
+    let (b, i, h) = (d.batch, d.input, d.hidden);
+    let half = usize::from(dtype != DType::F32);
+    (4 * h * (i + h) + 4 * h + b + half * (4 * b * h + b * i + b * h), 4 * b * h + 3 * b * h)
+}
+
+/// A product of storage-dtype operands into storage-dtype `C`.
+#[allow(clippy::too_many_arguments)]
+fn gemm_dt(
+    g: &Gpu,
+    dtype: DType,
+    (m, kk, n): (usize, usize, usize),
+    a: Operand,
+    b: Operand,
+    c: u64,
+    c_rs: usize,
+    accumulate: bool,
+    ws: &Tensor,
+) -> Result<()> {
+    let p = Gemm { dtype, m, n, k: kk, batch: 1, a, b, c, c_rs, c_batch_stride: m * c_rs, accumulate };
+    g.gemm(&p, (ws.device_ptr(), ws.nbytes()))
+}
+
+/// Steps in processing order.
+fn lstm_order(steps: usize, reverse: bool) -> Vec<usize> {
+    (0..steps).map(|k| if reverse { steps - 1 - k } else { k }).collect()
+}
+
+/// Forward over all steps into gates `[T, B, 4H]`, hs and cs `[T, B, H]`;
+/// `zeros` holds [`lstm_forward_workspace`] elements.
+pub fn lstm_forward(
+    l: &LstmSeq,
+    gates: &Tensor,
+    hs: &Tensor,
+    cs: &Tensor,
+    zeros: &Tensor,
+    gemm: &Tensor,
+) -> Result<()> {
+    let g = gpu("lstm", l.x)?;
+    let dt = l.x.dtype();
+    let Dims { batch: bt, steps, input: i, hidden: h } = l.d;
+    let (ts, g4) = (dt.size() as u64, 4 * h);
+    if l.state.is_none() {
+        g.zero(zeros.device_ptr(), zeros.nbytes())?;
+    }
+    let at = |t: &Tensor, elems: usize| t.device_ptr() + ts * elems as u64;
+    let order = lstm_order(steps, l.reverse);
+    for (kk, &t) in order.iter().enumerate() {
+        let prev = kk.checked_sub(1).map(|k| order[k]);
+        let h_prev = match (prev, l.state) {
+            (Some(p), _) => Some(at(hs, p * bt * h)),
+            (None, Some((h0, _))) => Some(h0.device_ptr()),
+            (None, None) => None,
+        };
+        let c_prev = match (prev, l.state) {
+            (Some(p), _) => at(cs, p * bt * h),
+            (None, Some((_, c0))) => c0.device_ptr(),
+            (None, None) => zeros.device_ptr(),
+        };
+        let gt = at(gates, t * bt * g4);
+        let xt = Operand { ptr: at(l.x, t * i), rs: steps * i, cs: 1, batch_stride: 0 };
+        let wi = Operand { ptr: l.w_ih.device_ptr(), rs: 1, cs: i, batch_stride: 0 };
+        gemm_dt(&g, dt, (bt, i, g4), xt, wi, gt, g4, false, gemm)?;
+        if let Some(hp) = h_prev {
+            let hp = Operand { ptr: hp, rs: h, cs: 1, batch_stride: 0 };
+            let wh = Operand { ptr: l.w_hh.device_ptr(), rs: 1, cs: h, batch_stride: 0 };
+            gemm_dt(&g, dt, (bt, h, g4), hp, wh, gt, g4, true, gemm)?;
+        }
+        let cell = k::LstmCell {
+            gates: gt,
+            gh: None,
+            b_ih: l.b_ih.map(Tensor::device_ptr),
+            b_hh: l.b_hh.map(Tensor::device_ptr),
+            c: c_prev,
+            h_out: at(hs, t * bt * h),
+            c_out: at(cs, t * bt * h),
+        };
+        g.launch(&k::lstm_cell(dt, bt, h, &cell)?)?;
+    }
+    Ok(())
+}
+
+/// Saved forward results and incoming gradients of the backward (dense).
+pub struct LstmSaved<'a> {
+    pub gates: &'a Tensor,
+    pub hs: &'a Tensor,
+    pub cs: &'a Tensor,
+    pub dy: Option<&'a Tensor>,
+    pub dh_n: Option<&'a Tensor>,
+    pub dc_n: Option<&'a Tensor>,
+}
+
+/// Backward through the steps; `ws32` and `wsdt` hold
+/// [`lstm_backward_workspace`] elements.
+pub fn lstm_backward(
+    l: &LstmSeq,
+    s: &LstmSaved,
+    out: &LstmGrads,
+    ws32: &Tensor,
+    wsdt: &Tensor,
+    gemm: &Tensor,
+) -> Result<()> {
+    let g = gpu("lstm", l.x)?;
+    let dt = l.x.dtype();
+    let half = dt != DType::F32;
+    let Dims { batch: bt, steps, input: i, hidden: h } = l.d;
+    let (ts, g4) = (dt.size() as u64, 4 * h);
+    let at = |t: &Tensor, elems: usize| t.device_ptr() + ts * elems as u64;
+    let dta = |p: u64, elems: usize| p + ts * elems as u64;
+    // f32 block.
+    let dwi = ws32.device_ptr();
+    let dwh = f32_at(dwi, g4 * i);
+    let db = f32_at(dwh, g4 * h);
+    let ones = f32_at(db, g4);
+    let dg32 = f32_at(ones, bt);
+    let x32 = f32_at(dg32, bt * g4);
+    let hp32 = f32_at(x32, bt * i);
+    g.zero(dwi, 4 * (g4 * (i + h) + g4 + bt))?;
+    g.launch(&k::affine(DType::F32, ones, ones, bt, 0.0, 1.0)?)?;
+    // Storage-dtype block.
+    let dg = wsdt.device_ptr();
+    let dh = dta(dg, bt * g4);
+    let dc = dta(dh, bt * h);
+    let zeros = dta(dc, bt * h);
+    let state_bytes = bt * h * dt.size();
+    for (grad, to) in [(s.dh_n, dh), (s.dc_n, dc), (None, zeros)] {
+        match grad {
+            Some(v) => g.copy(to, v.device_ptr(), state_bytes)?,
+            None => g.zero(to, state_bytes)?,
+        }
+    }
+    let order = lstm_order(steps, l.reverse);
+    let dense = |ptr: u64, rs: usize| Operand { ptr, rs, cs: 1, batch_stride: 0 };
+    for (kk, &t) in order.iter().enumerate().rev() {
+        let prev = kk.checked_sub(1).map(|k| order[k]);
+        let h_prev = match (prev, l.state) {
+            (Some(p), _) => Some(at(s.hs, p * bt * h)),
+            (None, Some((h0, _))) => Some(h0.device_ptr()),
+            (None, None) => None,
+        };
+        let c_prev = match (prev, l.state) {
+            (Some(p), _) => at(s.cs, p * bt * h),
+            (None, Some((_, c0))) => c0.device_ptr(),
+            (None, None) => zeros,
+        };
+        if let Some(dy) = s.dy {
+            let (sd, sy) = ([h, 1], [steps * h, 1]);
+            let l = k::binary(
+                BinaryOp::Add,
+                dt,
+                &[bt, h],
+                Strided { ptr: dh, strides: &sd },
+                Strided { ptr: at(dy, t * h), strides: &sy },
+                dh,
+            )?;
+            g.launch(&l)?;
+        }
+        // dc is read before it is rewritten, element by element: in place.
+        let cell = k::LstmCellGrad {
+            gates: at(s.gates, t * bt * g4),
+            c: c_prev,
+            dh: Some(dh),
+            dc: Some(dc),
+            dgates: dg,
+            dc_prev: Some(dc),
+        };
+        g.launch(&k::lstm_cell_grad(dt, bt, h, &cell)?)?;
+        // f32 operands of the weight-gradient products.
+        let widen = |src: u64, ld: usize, cols: usize, dst: u64| -> Result<(u64, usize)> {
+            if !half {
+                return Ok((src, ld));
+            }
+            g.launch(&k::conv_tile_in(dt, bt, cols, k::Mat { ptr: src, ld }, k::Mat { ptr: dst, ld: cols })?)?;
+            Ok((dst, cols))
+        };
+        let (dgw, _) = widen(dg, g4, g4, dg32)?;
+        let (xw, ldx) = widen(at(l.x, t * i), steps * i, i, x32)?;
+        // dW_ih += dGᵀ·x_t, dW_hh += dGᵀ·h_prev, db += 1ᵀ·dG.
+        let dgt = Operand { ptr: dgw, rs: 1, cs: g4, batch_stride: 0 };
+        gemm_f32(&g, g4, bt, i, dgt, f32_op(xw, ldx, 1), dwi, i, true, gemm)?;
+        if let Some(hp) = h_prev {
+            let (hw, ldh) = widen(hp, h, h, hp32)?;
+            gemm_f32(&g, g4, bt, h, dgt, f32_op(hw, ldh, 1), dwh, h, true, gemm)?;
+        }
+        gemm_f32(&g, 1, bt, g4, f32_op(ones, bt, 1), f32_op(dgw, g4, 1), db, g4, true, gemm)?;
+        // dh_prev = dG·W_hh, dx_t = dG·W_ih.
+        gemm_dt(&g, dt, (bt, g4, h), dense(dg, g4), dense(l.w_hh.device_ptr(), h), dh, h, false, gemm)?;
+        if let Some(dx) = out.dx {
+            gemm_dt(
+                &g,
+                dt,
+                (bt, g4, i),
+                dense(dg, g4),
+                dense(l.w_ih.device_ptr(), i),
+                at(dx, t * i),
+                steps * i,
+                false,
+                gemm,
+            )?;
+        }
+    }
+    let store = |dst: Option<&Tensor>, src: u64, rows: usize, cols: usize| -> Result<()> {
+        if let Some(dst) = dst {
+            let m = |ptr| k::Mat { ptr, ld: cols };
+            g.launch(&k::conv_tile_out(dt, rows, cols, m(src), m(dst.device_ptr()), None)?)?;
+        }
+        Ok(())
+    };
+    store(out.w_ih, dwi, g4, i)?;
+    store(out.w_hh, dwh, g4, h)?;
+    store(out.bias, db, 1, g4)?;
+    for (dst, src) in [(out.h0, dh), (out.c0, dc)] {
+        if let Some(dst) = dst {
+            g.copy(dst.device_ptr(), src, state_bytes)?;
+        }
+    }
+    Ok(())
 }

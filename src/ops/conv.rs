@@ -23,8 +23,10 @@
 
 use super::{float_only, output, same_arena, same_dtype};
 use crate::alloc::Tag;
+use crate::alloc::Target;
 use crate::autograd::record;
 use crate::cpu::conv::{self as k, Geom, Pass};
+use crate::cuda::ops as cuda;
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Tensor};
 use crate::with_float;
@@ -46,11 +48,13 @@ pub fn conv_workspace_limit() -> usize {
     LIMIT.load(Ordering::Relaxed)
 }
 
-/// A pass's Workspace block, allocated on every device.
-fn workspace(op: &'static str, like: &Tensor, g: &Geom, pass: Pass) -> Result<(usize, Tensor)> {
+/// A pass's Workspace block, allocated on every device, and when the pass
+/// runs on a GPU the cuBLAS scratch after it (so a CUDA plan has both).
+fn workspace(op: &'static str, like: &Tensor, g: &Geom, pass: Pass) -> Result<(usize, Tensor, Option<Tensor>)> {
     let (tile, elems) = k::workspace(g, pass, like.dtype(), conv_workspace_limit());
     let ws = Tensor::empty(like.arena(), &[elems], DType::F32, Tag::Workspace, op)?;
-    Ok((tile, ws))
+    let gemm = (like.arena().target() == Target::Cuda).then(|| cuda::gemm_workspace(like)).transpose()?;
+    Ok((tile, ws, gemm))
 }
 
 /// `small = W·col(big) (+ bias)`, shaped `shape`.
@@ -63,8 +67,10 @@ fn pass_forward(
     shape: &[usize],
 ) -> Result<Tensor> {
     let out = output(op, big, shape, big.dtype())?;
-    let (tile, ws) = workspace(op, big, g, Pass::Forward)?;
-    if !out.is_meta() {
+    let (tile, ws, gemm) = workspace(op, big, g, Pass::Forward)?;
+    if let (Some(gemm), true) = (&gemm, out.is_cuda()) {
+        cuda::conv_forward(g, big, w, bias, &out, &cuda::ConvWs { tile, ws: &ws, gemm })?;
+    } else if !out.is_meta() && gemm.is_none() {
         with_float!(op, big.dtype(), |T| k::forward::<T>(
             g,
             shape[0],
@@ -89,8 +95,10 @@ fn pass_adjoint(
     shape: &[usize],
 ) -> Result<Tensor> {
     let out = output(op, small, shape, small.dtype())?;
-    let (tile, ws) = workspace(op, small, g, Pass::Adjoint)?;
-    if !out.is_meta() {
+    let (tile, ws, gemm) = workspace(op, small, g, Pass::Adjoint)?;
+    if let (Some(gemm), true) = (&gemm, out.is_cuda()) {
+        cuda::conv_adjoint(g, small, w, bias, &out, &cuda::ConvWs { tile, ws: &ws, gemm })?;
+    } else if !out.is_meta() && gemm.is_none() {
         with_float!(op, small.dtype(), |T| k::adjoint::<T>(
             g,
             shape[0],
@@ -108,8 +116,10 @@ fn pass_adjoint(
 /// `dW = Σ small·col(big)ᵀ`, shaped `shape`.
 fn pass_weight(op: &'static str, g: &Geom, big: &Tensor, small: &Tensor, shape: &[usize]) -> Result<Tensor> {
     let out = output(op, big, shape, big.dtype())?;
-    let (tile, ws) = workspace(op, big, g, Pass::WeightGrad)?;
-    if !out.is_meta() {
+    let (tile, ws, gemm) = workspace(op, big, g, Pass::WeightGrad)?;
+    if let (Some(gemm), true) = (&gemm, out.is_cuda()) {
+        cuda::conv_weight_grad(g, big, small, &out, &cuda::ConvWs { tile, ws: &ws, gemm })?;
+    } else if !out.is_meta() && gemm.is_none() {
         with_float!(op, big.dtype(), |T| k::weight_grad::<T>(
             g,
             big.shape()[0],
@@ -126,7 +136,9 @@ fn pass_weight(op: &'static str, g: &Geom, big: &Tensor, small: &Tensor, shape: 
 /// Bias gradient: `dy` `[B, ch, ..]` summed over batch and space.
 fn bias_grad(op: &'static str, dy: &Tensor, ch: usize) -> Result<Tensor> {
     let out = output(op, dy, &[ch], dy.dtype())?;
-    if !out.is_meta() {
+    if out.is_cuda() {
+        cuda::conv_bias_grad(dy, &out, ch)?;
+    } else if !out.is_meta() {
         let (b, s) = (dy.shape()[0], dy.numel() / (dy.shape()[0] * ch).max(1));
         with_float!(op, dy.dtype(), |T| k::channel_sum::<T>(dy.data::<T>()?, b, ch, s, out.data_mut::<T>()?));
     }

@@ -93,10 +93,21 @@ impl Tensor {
         let out = output(OP, &lp, &[], lp.dtype())?;
         let nll = output(OP, &lp, &[batch], DType::F32)?;
         let ext = 2 * s_max + 1;
-        let ws = Tensor::empty(lp.arena(), &[batch, 2, ext], DType::F32, Tag::Workspace, OP)?;
         let (il, tl) = (input_lengths.to_vec(), target_lengths.to_vec());
+        // A GPU run reads the lengths from device memory; the plan holds them too.
+        let on_cuda = lp.arena().target() == crate::alloc::Target::Cuda;
+        let lens = on_cuda
+            .then(|| {
+                let i32s = |v: &[usize]| v.iter().map(|&l| l as i32).collect::<Vec<i32>>();
+                let t = |v: &[usize]| Tensor::from_slice(lp.arena(), &[batch], &i32s(v), Tag::Temporary);
+                Ok::<_, Error>((t(&il)?, t(&tl)?))
+            })
+            .transpose()?;
+        let ws = Tensor::empty(lp.arena(), &[batch, 2, ext], DType::F32, Tag::Workspace, OP)?;
+        let cuda_shape = crate::cuda::kernels::CtcShape { frames, batch, classes, s_max, blank };
         if !out.is_meta() {
-            let tv = tg.data::<i32>()?;
+            let tv_host = if tg.is_cuda() { tg.to_vec::<i32>()? } else { vec![] };
+            let tv = if tg.is_cuda() { &tv_host[..] } else { tg.data::<i32>()? };
             for b in 0..batch {
                 for (j, &c) in tv[b * s_max..b * s_max + tl[b]].iter().enumerate() {
                     if c < 0 || c as usize >= classes || c as usize == blank {
@@ -107,6 +118,19 @@ impl Tensor {
                     }
                 }
             }
+        }
+        if let (Some((ilt, tlt)), true) = (&lens, out.is_cuda()) {
+            let c = crate::cuda::ops::Ctc {
+                shape: cuda_shape,
+                log_probs: &lp,
+                targets: &tg,
+                input_lengths: ilt,
+                target_lengths: tlt,
+                nll: &nll,
+            };
+            crate::cuda::ops::ctc_forward(&c, zero_infinity, &ws, &out)?;
+        } else if !out.is_meta() {
+            let tv = tg.data::<i32>()?;
             let p =
                 Problem { frames, batch, classes, targets: tv, s_max, input_lengths: &il, target_lengths: &tl, blank };
             let nv = nll.data_mut::<f32>()?;
@@ -118,12 +142,25 @@ impl Tensor {
             with_float!(OP, lp.dtype(), |T| out.data_mut::<T>()?[0] = T::from_f32((sum / batch.max(1) as f64) as f32));
         }
         drop(ws);
-        Ok(record(OP, &[&lp, targets], out, vec![lp.clone(), tg, nll], move |s, g| {
+        let mut saved = vec![lp.clone(), tg, nll];
+        saved.extend(lens.into_iter().flat_map(|(a, b)| [a, b]));
+        Ok(record(OP, &[&lp, targets], out, saved, move |s, g| {
             let (lp, tg, nll) = (&s[0], &s[1], &s[2]);
             let grad = output(OP, lp, lp.shape(), lp.dtype())?;
             let ws = Tensor::empty(lp.arena(), &[batch, 2, frames, ext], DType::F32, Tag::Workspace, OP)?;
             let chain = Tensor::empty(lp.arena(), &[batch, 2, s_max.max(1)], DType::I32, Tag::Workspace, OP)?;
-            if !grad.is_meta() {
+            if grad.is_cuda() {
+                let c = crate::cuda::ops::Ctc {
+                    shape: cuda_shape,
+                    log_probs: lp,
+                    targets: tg,
+                    input_lengths: &s[3],
+                    target_lengths: &s[4],
+                    nll,
+                };
+                let gl = g[0].as_ref().expect("gradient").contiguous_untracked(OP)?;
+                crate::cuda::ops::ctc_backward(&c, &gl, &grad, &ws, &chain)?;
+            } else if !grad.is_meta() {
                 let p = Problem {
                     frames,
                     batch,

@@ -58,7 +58,23 @@ fn pick_view<'a, T: Float>(p: &Pick<'a>, one: &'a [T; 1], strides: &'a [usize]) 
 /// `cond ? a : b` elementwise over `shape` (operands broadcast), no autograd.
 fn select_raw(op: &'static str, shape: &[usize], like: &Tensor, cond: &Tensor, a: Pick, b: Pick) -> Result<Tensor> {
     let out = output(op, like, shape, like.dtype())?;
-    if !out.is_meta() {
+    if out.is_cuda() {
+        use crate::cuda::kernels::{self as ck, Side, Strided};
+        let strides = |p: &Pick| match p {
+            Pick::Tensor(t) => t.broadcast_strides(shape),
+            Pick::Scalar(_) => vec![0; shape.len()],
+        };
+        let (sc, sa, sb) = (cond.broadcast_strides(shape), strides(&a), strides(&b));
+        fn side<'s>(p: &Pick, s: &'s [usize]) -> Side<'s> {
+            match p {
+                Pick::Tensor(t) => Side::Tensor(Strided { ptr: t.device_ptr(), strides: s }),
+                Pick::Scalar(v) => Side::Scalar(*v),
+            }
+        }
+        let c = Strided { ptr: cond.device_ptr(), strides: &sc };
+        let l = ck::select(like.dtype(), shape, c, side(&a, &sa), side(&b, &sb), out.device_ptr())?;
+        crate::cuda::ops::gpu(op, like)?.launch(&l)?;
+    } else if !out.is_meta() {
         let strides = |p: &Pick| match p {
             Pick::Tensor(t) => t.broadcast_strides(shape),
             Pick::Scalar(_) => vec![0; shape.len()],
@@ -110,7 +126,15 @@ impl Tensor {
         shape[d] = sizes.iter().sum();
         let parts = ts.iter().map(|t| t.contiguous_untracked(OP)).collect::<Result<Vec<_>>>()?;
         let out = output(OP, first, &shape, first.dtype())?;
-        if !out.is_meta() {
+        if out.is_cuda() {
+            // Each part into its slab of the output, read through its strides.
+            let mut start = 0;
+            for (p, &n) in parts.iter().zip(&sizes) {
+                let off = start * out.strides()[d];
+                crate::cuda::ops::copy_into(p, &out.restride(p.shape().to_vec(), out.strides().to_vec(), off))?;
+                start += n;
+            }
+        } else if !out.is_meta() {
             let row = shape[d + 1..].iter().product::<usize>() * first.dtype().size();
             let srcs = parts.iter().map(bytes).collect::<Result<Vec<_>>>()?;
             let widths: Vec<usize> = sizes.iter().map(|&s| s * row).collect();

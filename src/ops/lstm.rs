@@ -14,6 +14,7 @@ use super::{float_only, output, same_arena, same_dtype};
 use crate::alloc::Tag;
 use crate::autograd::{no_grad, record_many};
 use crate::cpu::lstm::{self as k, Biases};
+use crate::cuda::ops as cuda;
 use crate::error::{Error, Result};
 use crate::tensor::DType;
 use crate::tensor::Tensor;
@@ -111,7 +112,18 @@ impl Tensor {
         let bh = b_hh.map(|b| b.contiguous_untracked(OP)).transpose()?;
         let h_out = output(OP, x, &[batch, hd], x.dtype())?;
         let c_out = output(OP, x, &[batch, hd], x.dtype())?;
-        if !h_out.is_meta() {
+        if h_out.is_cuda() {
+            let cell = crate::cuda::kernels::LstmCell {
+                gates: gates.device_ptr(),
+                gh: Some(gh.device_ptr()),
+                b_ih: bi.as_ref().map(Tensor::device_ptr),
+                b_hh: bh.as_ref().map(Tensor::device_ptr),
+                c: cc.device_ptr(),
+                h_out: h_out.device_ptr(),
+                c_out: c_out.device_ptr(),
+            };
+            cuda::gpu(OP, x)?.launch(&crate::cuda::kernels::lstm_cell(x.dtype(), batch, hd, &cell)?)?;
+        } else if !h_out.is_meta() {
             with_float!(OP, x.dtype(), |T| k::forward::<T>(
                 gates.data_mut::<T>()?,
                 gh.data::<T>()?,
@@ -137,7 +149,18 @@ impl Tensor {
             let dc = g[1].as_ref().map(|t| t.contiguous_untracked(OP)).transpose()?;
             let dgates = output(OP, gates, gates.shape(), gates.dtype())?;
             let dc_prev = wants[2].then(|| output(OP, gates, &[batch, hd], gates.dtype())).transpose()?;
-            if !dgates.is_meta() {
+            if dgates.is_cuda() {
+                let cell = crate::cuda::kernels::LstmCellGrad {
+                    gates: gates.device_ptr(),
+                    c: c.device_ptr(),
+                    dh: dh.as_ref().map(Tensor::device_ptr),
+                    dc: dc.as_ref().map(Tensor::device_ptr),
+                    dgates: dgates.device_ptr(),
+                    dc_prev: dc_prev.as_ref().map(Tensor::device_ptr),
+                };
+                let l = crate::cuda::kernels::lstm_cell_grad(gates.dtype(), batch, hd, &cell)?;
+                cuda::gpu(OP, gates)?.launch(&l)?;
+            } else if !dgates.is_meta() {
                 with_float!(OP, gates.dtype(), |T| k::backward::<T>(
                     gates.data::<T>()?,
                     c.data::<T>()?,
@@ -243,7 +266,25 @@ impl Tensor {
         let gates = output(OP, &x, &[steps, batch, 4 * hd], x.dtype())?;
         let hs = output(OP, &x, &[steps, batch, hd], x.dtype())?;
         let cs = output(OP, &x, &[steps, batch, hd], x.dtype())?;
-        {
+        let on_cuda = x.arena().target() == crate::alloc::Target::Cuda;
+        if on_cuda {
+            let zeros = cuda::lstm_forward_workspace(&d, st.is_some());
+            let zeros = Tensor::empty(x.arena(), &[zeros], x.dtype(), Tag::Workspace, OP)?;
+            let gemm = cuda::gemm_workspace(&x)?;
+            if hs.is_cuda() {
+                let l = cuda::LstmSeq {
+                    d,
+                    reverse,
+                    x: &x,
+                    w_ih: &w_ih,
+                    w_hh: &w_hh,
+                    b_ih: b_ih.as_ref(),
+                    b_hh: b_hh.as_ref(),
+                    state: st.as_ref().map(|(h, c)| (h, c)),
+                };
+                cuda::lstm_forward(&l, &gates, &hs, &cs, &zeros, &gemm)?;
+            }
+        } else {
             let ws = Tensor::empty(x.arena(), &[d.forward_workspace()], DType::F32, Tag::Workspace, OP)?;
             if !hs.is_meta() {
                 with_float!(OP, x.dtype(), |T| {
@@ -300,8 +341,31 @@ impl Tensor {
                 Some((h, c)) if want_state => (like(h, true)?, like(c, true)?),
                 _ => (None, None),
             };
-            let ws = Tensor::empty(x.arena(), &[d.backward_workspace()], DType::F32, Tag::Workspace, OP)?;
-            if !ws.is_meta() {
+            if x.arena().target() == crate::alloc::Target::Cuda {
+                let (n32, ndt) = cuda::lstm_backward_workspace(&d, x.dtype());
+                let ws32 = Tensor::empty(x.arena(), &[n32], DType::F32, Tag::Workspace, OP)?;
+                let wsdt = Tensor::empty(x.arena(), &[ndt], x.dtype(), Tag::Workspace, OP)?;
+                let gemm = cuda::gemm_workspace(x)?;
+                if ws32.is_cuda() {
+                    let l = cuda::LstmSeq { d, reverse, x, w_ih, w_hh, b_ih: None, b_hh: None, state: st };
+                    let saved =
+                        cuda::LstmSaved { gates, hs, cs, dy: dy.as_ref(), dh_n: dh_n.as_ref(), dc_n: dc_n.as_ref() };
+                    let out = cuda::LstmGrads {
+                        dx: dx.as_ref(),
+                        w_ih: dw_ih.as_ref(),
+                        w_hh: dw_hh.as_ref(),
+                        bias: dbias.as_ref(),
+                        h0: dh0.as_ref(),
+                        c0: dc0.as_ref(),
+                    };
+                    cuda::lstm_backward(&l, &saved, &out, &ws32, &wsdt, &gemm)?;
+                }
+                drop((ws32, wsdt, gemm));
+            }
+            let ws = (x.arena().target() != crate::alloc::Target::Cuda)
+                .then(|| Tensor::empty(x.arena(), &[d.backward_workspace()], DType::F32, Tag::Workspace, OP))
+                .transpose()?;
+            if let Some(ws) = ws.as_ref().filter(|w| !w.is_meta()) {
                 with_float!(OP, x.dtype(), |T| {
                     let state = match st {
                         Some((h, c)) => Some((h.data::<T>()?, c.data::<T>()?)),

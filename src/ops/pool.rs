@@ -5,6 +5,7 @@
 use super::{float_only, output};
 use crate::autograd::record;
 use crate::cpu::pool::{self as k, PoolGeom};
+use crate::cuda::ops as cuda;
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Tensor};
 use crate::with_float;
@@ -85,7 +86,9 @@ impl Tensor {
         let x = self.contiguous_untracked(OP)?;
         let out = output(OP, &x, &shape, x.dtype())?;
         let arg = output(OP, &x, &shape, DType::I32)?;
-        if !out.is_meta() {
+        if out.is_cuda() {
+            cuda::max_pool(&g, &x, &out, &arg)?;
+        } else if !out.is_meta() {
             with_float!(OP, x.dtype(), |T| k::max_pool::<T>(
                 x.data::<T>()?,
                 &g,
@@ -97,7 +100,9 @@ impl Tensor {
         Ok(record(OP, &[self], out, vec![arg], move |s, gr| {
             let dy = gr[0].as_ref().expect("gradient").contiguous_untracked(OP)?;
             let dx = output(OP, &dy, &xshape, dy.dtype())?;
-            if !dx.is_meta() {
+            if dx.is_cuda() {
+                cuda::max_pool_grad(&g, &dy, &s[0], &dx)?;
+            } else if !dx.is_meta() {
                 with_float!(OP, dy.dtype(), |T| k::max_pool_backward::<T>(
                     dy.data::<T>()?,
                     s[0].data::<i32>()?,
@@ -118,14 +123,18 @@ impl Tensor {
         let (g, shape) = geometry(OP, self, kernel, stride, padding)?;
         let x = self.contiguous_untracked(OP)?;
         let out = output(OP, &x, &shape, x.dtype())?;
-        if !out.is_meta() {
+        if out.is_cuda() {
+            cuda::avg_pool(&g, &x, &out)?;
+        } else if !out.is_meta() {
             with_float!(OP, x.dtype(), |T| k::avg_pool::<T>(x.data::<T>()?, &g, out.data_mut::<T>()?));
         }
         let xshape = self.shape().to_vec();
         Ok(record(OP, &[self], out, vec![], move |_, gr| {
             let dy = gr[0].as_ref().expect("gradient").contiguous_untracked(OP)?;
             let dx = output(OP, &dy, &xshape, dy.dtype())?;
-            if !dx.is_meta() {
+            if dx.is_cuda() {
+                cuda::avg_pool_grad(&g, &dy, &dx)?;
+            } else if !dx.is_meta() {
                 with_float!(OP, dy.dtype(), |T| k::avg_pool_backward::<T>(dy.data::<T>()?, &g, dx.data_mut::<T>()?));
             }
             Ok(vec![Some(dx)])

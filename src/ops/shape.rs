@@ -121,9 +121,11 @@ impl Tensor {
         Ok(record("slice", &[self], out, vec![], move |_, g| {
             let g = g[0].as_ref().expect("gradient");
             let dx = Tensor::zeros(g.arena(), &orig, g.dtype(), crate::alloc::Tag::Temporary)?;
-            if !dx.is_meta() {
-                let strides = dx.strides().to_vec();
-                let off = start * strides[d];
+            let strides = dx.strides().to_vec();
+            let off = start * strides[d];
+            if dx.is_cuda() {
+                crate::cuda::ops::copy_into(g, &dx.restride(g.shape().to_vec(), strides, off))?;
+            } else if !dx.is_meta() {
                 unsafe { copy_strided(g, dx.storage().block().as_ptr(), &strides, off) };
             }
             Ok(vec![Some(dx)])
@@ -184,7 +186,11 @@ impl Tensor {
                 let step = sub.remove(d);
                 for (i, gi) in g.iter().enumerate() {
                     if let Some(gi) = gi {
-                        unsafe { copy_strided(gi, dx.storage().block().as_ptr(), &sub, i * step) };
+                        if dx.is_cuda() {
+                            crate::cuda::ops::copy_into(gi, &dx.restride(gi.shape().to_vec(), sub.clone(), i * step))?;
+                        } else {
+                            unsafe { copy_strided(gi, dx.storage().block().as_ptr(), &sub, i * step) };
+                        }
                     }
                 }
             }
@@ -195,7 +201,9 @@ impl Tensor {
     /// Dense copy with its own storage (tracked).
     pub fn copy(&self) -> Result<Tensor> {
         let out = output("copy", self, self.shape(), self.dtype())?;
-        if !out.is_meta() {
+        if out.is_cuda() {
+            crate::cuda::ops::copy_strided(self, &out)?;
+        } else if !out.is_meta() {
             unsafe { copy_strided(self, out.storage().block().as_ptr(), out.strides(), 0) };
         }
         Ok(record("copy", &[self], out, vec![], |_, g| Ok(vec![g[0].clone()])))
