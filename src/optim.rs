@@ -489,7 +489,14 @@ fn adamw_cuda(
             st.step += 1;
             let s = c.step_scalars(st.step);
             let (m, v) = (&st.exp_avg, &st.exp_avg_sq);
-            table.push(ck::AdamTensor::new(p.device_ptr(), g.device_ptr(), m.device_ptr(), v.device_ptr(), p.numel(), &s));
+            table.push(ck::AdamTensor::new(
+                p.device_ptr(),
+                g.device_ptr(),
+                m.device_ptr(),
+                v.device_ptr(),
+                p.numel(),
+                &s,
+            ));
         }
         if table.is_empty() {
             continue;

@@ -89,7 +89,7 @@ fn layer_norm_matches_the_cpu() {
 
 #[test]
 fn cross_entropy_matches_the_cpu() {
-    let t: Vec<i32> = (0..29).map(|i| (i * 7 % 11) as i32).collect();
+    let t: Vec<i32> = (0..29).map(|i| i * 7 % 11).collect();
     for dtype in [DType::F32, DType::F16] {
         compare("cross_entropy", dtype, &[&[29, 11]], |a, x| x[0].cross_entropy(&ids(a, &[29], &t), None, 0.0));
         // Ignored rows and label smoothing.
@@ -122,7 +122,7 @@ fn mse_and_l1_match_the_cpu() {
 #[test]
 fn embedding_matches_the_cpu() {
     // Repeated ids, an unused row, ids not a multiple of anything.
-    let v: Vec<i32> = (0..23).map(|i| (i * 5 % 9) as i32).collect();
+    let v: Vec<i32> = (0..23).map(|i| i * 5 % 9).collect();
     for dtype in [DType::F32, DType::F16] {
         compare("embedding", dtype, &[&[10, 19]], |a, x| x[0].embedding(&ids(a, &[23], &v)));
         compare("embedding 2-d ids", dtype, &[&[10, 3]], |a, x| x[0].embedding(&ids(a, &[2, 3], &[9, 0, 0, 4, 9, 9])));
@@ -146,16 +146,24 @@ fn fused_attention_matches_the_cpu() {
         for causal in [false, true] {
             // Tq 70, Tk 45: not tile multiples; D 20 and 40 (two buckets).
             for (tq, tk, d) in [(70, 45, 20), (33, 33, 40)] {
-                compare(&format!("attention causal={causal} {tq}x{tk}x{d}"), dtype, &[&[2, 3, tq, d], &[2, 3, tk, d], &[2, 3, tk, d]], |_, x| {
-                    attention(&x[0], &x[1], &x[2], &AttentionOptions { causal, ..Default::default() })
-                });
+                compare(
+                    &format!("attention causal={causal} {tq}x{tk}x{d}"),
+                    dtype,
+                    &[&[2, 3, tq, d], &[2, 3, tk, d], &[2, 3, tk, d]],
+                    |_, x| attention(&x[0], &x[1], &x[2], &AttentionOptions { causal, ..Default::default() }),
+                );
             }
         }
         // Key padding, with batch 1's keys all padded (its rows see nothing).
         let pad: Vec<u8> = (0..2 * 37).map(|i| if i >= 37 || i % 5 == 0 { 1 } else { 0 }).collect();
         compare("attention padded", dtype, &[&[2, 2, 21, 16], &[2, 2, 37, 16], &[2, 2, 37, 16]], |a, x| {
             let m = Tensor::from_slice(a, &[2, 37], &pad, Tag::Data).unwrap();
-            attention(&x[0], &x[1], &x[2], &AttentionOptions { key_padding: Some(m), causal: true, ..Default::default() })
+            attention(
+                &x[0],
+                &x[1],
+                &x[2],
+                &AttentionOptions { key_padding: Some(m), causal: true, ..Default::default() },
+            )
         });
     }
 }

@@ -300,8 +300,16 @@ pub fn cross_entropy_backward(
 pub fn embedding(w: &Tensor, ids: &Tensor, out: &Tensor, bad: &Tensor) -> Result<Option<usize>> {
     let (v, d) = (w.shape()[0], w.shape()[1]);
     arm_flag(bad)?;
-    let l =
-        k::embedding(w.dtype(), w.device_ptr(), ids.device_ptr(), out.device_ptr(), Some(bad.device_ptr()), ids.numel(), v, d)?;
+    let l = k::embedding(
+        w.dtype(),
+        w.device_ptr(),
+        ids.device_ptr(),
+        out.device_ptr(),
+        Some(bad.device_ptr()),
+        ids.numel(),
+        v,
+        d,
+    )?;
     gpu("embedding", w)?.launch(&l)?;
     read_flag(bad)
 }
@@ -314,7 +322,16 @@ pub fn embedding_backward(dy: &Tensor, ids: &Tensor, dw: &Tensor, ws: &Tensor) -
     if ids.numel() == 0 {
         return g.zero(dw.device_ptr(), dw.nbytes());
     }
-    let ls = k::embedding_backward(dy.dtype(), dy.device_ptr(), ids.device_ptr(), dw.device_ptr(), ws.device_ptr(), ids.numel(), v, d)?;
+    let ls = k::embedding_backward(
+        dy.dtype(),
+        dy.device_ptr(),
+        ids.device_ptr(),
+        dw.device_ptr(),
+        ws.device_ptr(),
+        ids.numel(),
+        v,
+        d,
+    )?;
     g.launch_all(&ls)
 }
 

@@ -103,8 +103,7 @@ impl Tensor {
             };
             if g.is_cuda() {
                 if rows > 0 {
-                    let grads =
-                        crate::cuda::ops::LayerNormGrads { dx: dx.as_ref(), dw: dw.as_ref(), db: db.as_ref() };
+                    let grads = crate::cuda::ops::LayerNormGrads { dx: dx.as_ref(), dw: dw.as_ref(), db: db.as_ref() };
                     crate::cuda::ops::layer_norm_backward(x, &g, w, mean, rstd, grads, part.as_ref(), rows, d)?;
                 } else {
                     // No rows: dweight and dbias are sums of nothing.
