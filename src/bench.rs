@@ -807,11 +807,19 @@ pub fn run_on_gpu(opts: &Options, specs: &[Spec], gpu: &crate::cuda::Gpu, out: &
     if opts.json {
         writeln!(out, "{}", serde_json::to_string(&m).expect("gpu serialises")).map_err(io)?;
     } else {
-        writeln!(out, "{}: {:.0} TFLOP/s f16 tensor, {:.1} TFLOP/s f32 ({})", m.name, m.peak_tflops_f16, m.peak_tflops_f32, m.peak_derivation)
-            .map_err(io)?;
+        writeln!(
+            out,
+            "{}: {:.0} TFLOP/s f16 tensor, {:.1} TFLOP/s f32 ({})",
+            m.name, m.peak_tflops_f16, m.peak_tflops_f32, m.peak_derivation
+        )
+        .map_err(io)?;
         writeln!(out, "measured bandwidth: {:.0} GB/s ({})\n", m.bandwidth_gbs, m.bandwidth_derivation).map_err(io)?;
-        writeln!(out, "{:<13} {:<30} {:<5} {:>10} {:>16} {:>7}", "kernel", "shape", "dtype", "median", "rate", "% peak")
-            .map_err(io)?;
+        writeln!(
+            out,
+            "{:<13} {:<30} {:<5} {:>10} {:>16} {:>7}",
+            "kernel", "shape", "dtype", "median", "rate", "% peak"
+        )
+        .map_err(io)?;
     }
     for spec in specs {
         let mut case = spec.build(&arena)?;

@@ -103,6 +103,10 @@ impl Optimizer for Sgd {
         }
         for ((p, g), buf) in self.params.iter().zip(&grads).zip(&self.momentum) {
             let Some(g) = g else { continue };
+            if p.arena().target() == crate::alloc::Target::Cuda {
+                sgd_cuda(p, g, buf.as_ref().filter(|_| c.momentum != 0.0), c)?;
+                continue;
+            }
             if p.is_meta() {
                 continue;
             }
@@ -236,7 +240,10 @@ impl AdamW {
             ));
         }
         let (m, v) = (zero_state(p, "adamw")?, zero_state(p, "adamw")?);
-        if !p.is_meta() {
+        if let Some(g) = m.gpu() {
+            g.upload(m.device_ptr(), bytemuck::cast_slice(exp_avg))?;
+            g.upload(v.device_ptr(), bytemuck::cast_slice(exp_avg_sq))?;
+        } else if !p.is_meta() {
             m.data_mut::<f32>()?.copy_from_slice(exp_avg);
             v.data_mut::<f32>()?.copy_from_slice(exp_avg_sq);
         }
@@ -260,6 +267,11 @@ impl Optimizer for AdamW {
                 let (exp_avg, exp_avg_sq) = (zero_state(p, "adamw")?, zero_state(p, "adamw")?);
                 self.state[i] = Some(AdamState { exp_avg, exp_avg_sq, step: 0 });
             }
+        }
+        if self.params.first().is_some_and(|p| p.arena().target() == crate::alloc::Target::Cuda) {
+            adamw_cuda(&c, &self.params, &grads, &mut self.state)?;
+            self.steps += 1;
+            return Ok(());
         }
         for ((p, g), st) in self.params.iter().zip(&grads).zip(self.state.iter_mut()) {
             let (Some(g), Some(st)) = (g, st) else { continue };
@@ -310,13 +322,17 @@ impl Optimizer for AdamW {
 /// Parameters without a gradient, and meta tensors (no values), add nothing.
 pub fn clip_grad_norm(params: &[Tensor], max_norm: f32) -> Result<f32> {
     check_hyper("clip_grad_norm", "max_norm", max_norm as f64, max_norm >= 0.0)?;
-    let grads: Vec<Tensor> = params.iter().filter_map(|p| p.grad()).filter(|g| !g.is_meta()).collect();
+    let all: Vec<Tensor> = params.iter().filter_map(|p| p.grad()).collect();
+    // Checked before any gradient is scaled, so an error leaves all of them as they were.
+    if let Some(g) = all.iter().find(|g| !g.is_contiguous()) {
+        return Err(Error::invalid("clip_grad_norm", format!("a gradient {:?} is a strided view", g.shape())));
+    }
+    if all.first().is_some_and(|g| g.arena().target() == crate::alloc::Target::Cuda) {
+        return clip_cuda(&all, max_norm);
+    }
+    let grads: Vec<Tensor> = all.into_iter().filter(|g| !g.is_meta()).collect();
     let mut sq = 0f64;
     for g in &grads {
-        // Checked before any gradient is scaled, so an error leaves all of them as they were.
-        if !g.is_contiguous() {
-            return Err(Error::invalid("clip_grad_norm", format!("a gradient {:?} is a strided view", g.shape())));
-        }
         sq += with_float!("clip_grad_norm", g.dtype(), |T| k::sum_squares::<T>(g.data::<T>()?));
     }
     let norm = sq.sqrt();
@@ -390,8 +406,149 @@ fn grads_of(op: &'static str, params: &[Tensor]) -> Result<Vec<Option<Tensor>>> 
 /// A zeroed f32 state tensor shaped like `p`, on its arena.
 fn zero_state(p: &Tensor, label: &'static str) -> Result<Tensor> {
     let t = Tensor::empty(p.arena(), p.shape(), DType::F32, Tag::OptimizerState, label)?;
-    if !t.is_meta() {
+    if let Some(g) = t.gpu() {
+        g.zero(t.device_ptr(), t.nbytes())?;
+    } else if !t.is_meta() {
         t.data_mut::<f32>()?.fill(0.0);
     }
     Ok(t)
+}
+
+// ---- CUDA (and meta arenas planning for it) ----
+
+/// Float dtypes in a fixed order: one multi-tensor launch each.
+const FLOATS: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
+
+/// A Workspace holding `rows` (a kernel's table) on the device: the bytes
+/// are counted on a meta arena too, and uploaded on a GPU.
+fn device_table<R: bytemuck::Pod>(op: &'static str, like: &Tensor, rows: &[R]) -> Result<Tensor> {
+    let bytes: &[u8] = bytemuck::cast_slice(rows);
+    let t = crate::cuda::ops::workspace(op, like, bytes.len())?;
+    if let Some(g) = t.gpu() {
+        g.upload(t.device_ptr(), bytes)?;
+    }
+    Ok(t)
+}
+
+/// SGD from elementwise kernels, in the CPU's order of operations (so the
+/// same roundings): `t = wd·p`; with momentum `b = μ·b + g + t`, `t = −lr·b`,
+/// else `t = −lr·(t + g)`; then `p += t`. One f32 temporary, and one more for
+/// a half gradient (cast first).
+fn sgd_cuda(p: &Tensor, g: &Tensor, buf: Option<&Tensor>, c: SgdConfig) -> Result<()> {
+    use crate::cuda::ops as cu;
+    const OP: &str = "sgd";
+    let g32 = if g.dtype() == DType::F32 {
+        g.clone()
+    } else {
+        let t = Tensor::empty(p.arena(), p.shape(), DType::F32, Tag::Workspace, OP)?;
+        if t.is_cuda() && t.numel() > 0 {
+            cu::cast(g, &t)?;
+        }
+        t
+    };
+    let t = Tensor::empty(p.arena(), p.shape(), DType::F32, Tag::Workspace, OP)?;
+    if !p.is_cuda() || p.numel() == 0 {
+        return Ok(());
+    }
+    let (lr, mu, wd) = (c.lr as f32, c.momentum as f32, c.weight_decay as f32);
+    cu::affine(p, &t, wd, 0.0)?;
+    match buf {
+        Some(b) => {
+            cu::affine(b, b, mu, 0.0)?;
+            cu::add_into(b, &g32)?;
+            cu::add_into(b, &t)?;
+            cu::affine(b, &t, -lr, 0.0)?;
+        }
+        None => {
+            cu::add_into(&t, &g32)?;
+            cu::affine(&t, &t, -lr, 0.0)?;
+        }
+    }
+    cu::add_into(p, &t)
+}
+
+/// One fused AdamW launch per gradient dtype over the table of every
+/// parameter with a gradient (each with its own step count).
+fn adamw_cuda(
+    c: &AdamWConfig,
+    params: &[Tensor],
+    grads: &[Option<Tensor>],
+    state: &mut [Option<AdamState>],
+) -> Result<()> {
+    use crate::cuda::kernels as ck;
+    const OP: &str = "adamw";
+    // Betas, eps and decay do not depend on the step.
+    let common = c.step_scalars(1);
+    for dtype in FLOATS {
+        let mut table = vec![];
+        for ((p, g), st) in params.iter().zip(grads).zip(state.iter_mut()) {
+            let (Some(g), Some(st)) = (g, st) else { continue };
+            if g.dtype() != dtype {
+                continue;
+            }
+            st.step += 1;
+            let s = c.step_scalars(st.step);
+            let (m, v) = (&st.exp_avg, &st.exp_avg_sq);
+            table.push(ck::AdamTensor::new(
+                p.device_ptr(),
+                g.device_ptr(),
+                m.device_ptr(),
+                v.device_ptr(),
+                p.numel(),
+                &s,
+            ));
+        }
+        if table.is_empty() {
+            continue;
+        }
+        ck::adamw_table(dtype, &mut table)?;
+        let dev = device_table(OP, &params[0], &table)?;
+        if let Some(gpu) = dev.gpu() {
+            gpu.launch(&ck::adamw(dtype, dev.device_ptr(), &table, &common)?)?;
+        }
+    }
+    Ok(())
+}
+
+/// The global norm on the GPU: per dtype a sum-of-squares launch into its
+/// range of f32 partials, then one f64 sum of them all (in a fixed order),
+/// read back; then the clip factor scales each gradient in place. Empty
+/// gradients add nothing. A meta arena allocates the same and returns 0.
+fn clip_cuda(grads: &[Tensor], max_norm: f32) -> Result<f32> {
+    use crate::cuda::{kernels as ck, ops as cu};
+    const OP: &str = "clip_grad_norm";
+    let grads: Vec<&Tensor> = grads.iter().filter(|g| g.numel() > 0).collect();
+    let Some(&like) = grads.first() else { return Ok(0.0) };
+    let sizes: Vec<(DType, usize)> = grads.iter().map(|g| (g.dtype(), g.numel())).collect();
+    let partial = cu::workspace(OP, like, ck::grad_norm_workspace(&sizes)?)?;
+    let norm_dev = cu::workspace(OP, like, 8)?;
+    let mut blocks = 0;
+    for dtype in FLOATS {
+        let mut table: Vec<ck::NormTensor> = grads
+            .iter()
+            .filter(|g| g.dtype() == dtype)
+            .map(|g| ck::NormTensor { data: g.device_ptr(), numel: g.numel() as i64, first_block: 0 })
+            .collect();
+        if table.is_empty() {
+            continue;
+        }
+        let n = ck::sum_squares_table(dtype, &mut table)?;
+        let dev = device_table(OP, like, &table)?;
+        if let Some(gpu) = dev.gpu() {
+            gpu.launch(&ck::sum_squares(dtype, dev.device_ptr(), &table, partial.device_ptr() + 4 * blocks as u64)?)?;
+        }
+        blocks += n;
+    }
+    let Some(gpu) = like.gpu() else { return Ok(0.0) };
+    gpu.launch(&ck::grad_norm(partial.device_ptr(), blocks, norm_dev.device_ptr())?)?;
+    let mut bytes = [0u8; 8];
+    gpu.download(&mut bytes, norm_dev.device_ptr())?;
+    let norm = f64::from_ne_bytes(bytes);
+    if norm.is_finite() && norm > max_norm as f64 {
+        let coef = (max_norm as f64 / (norm + 1e-6)) as f32;
+        for g in &grads {
+            cu::scale(g, coef)?;
+        }
+    }
+    Ok(norm as f32)
 }

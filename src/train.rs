@@ -590,7 +590,11 @@ fn model_fingerprint(cfg: &TrainConfig) -> String {
 /// Multiply every gradient by `factor` in place.
 fn unscale(params: &[Tensor], factor: f32) -> Result<()> {
     for g in params.iter().filter_map(|p| p.grad()) {
-        if !g.is_meta() {
+        if g.is_cuda() {
+            if g.numel() > 0 {
+                crate::cuda::ops::scale(&g, factor)?;
+            }
+        } else if !g.is_meta() {
             crate::with_float!("unscale", g.dtype(), |T| crate::cpu::optim::scale::<T>(g.data_mut::<T>()?, factor));
         }
     }

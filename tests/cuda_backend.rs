@@ -129,3 +129,31 @@ fn without_a_driver_auto_falls_back_and_cuda_refuses() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no CUDA driver"));
 }
+
+#[test]
+fn bench_smoke_runs_every_kernel_on_the_emulated_gpu() {
+    use headroom::bench;
+    let opts = bench::Options {
+        kernels: vec![],
+        min_time: 0.0,
+        json: true,
+        threads: None,
+        clock_mhz: None,
+        device: DeviceChoice::Cuda,
+        smoke: true,
+    };
+    let specs = bench::smoke(&bench::specs());
+    let mut out = vec![];
+    bench::run_on_gpu(&opts, &specs, &gpu(), &mut out).unwrap();
+    let rows: Vec<serde_json::Value> =
+        String::from_utf8(out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows[0]["record"], "gpu");
+    let results: Vec<_> = rows.iter().filter(|r| r["record"] == "result").collect();
+    assert_eq!(results.len(), specs.len(), "one row per benchmark");
+    for r in &results {
+        assert!(r["median_s"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    for (name, _) in bench::KERNELS {
+        assert!(results.iter().any(|r| r["kernel"] == name), "{name} ran");
+    }
+}

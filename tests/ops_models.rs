@@ -404,12 +404,8 @@ fn batch_norm_values_and_running_stats() {
     let b = t(&a, &[2], &[0.5, 1.]);
     let y = x.batch_norm(Some(&w), Some(&b), Some(&rm), Some(&rv), false, 0.1, 1e-5).unwrap();
     let (r0, r1) = (1. / (rv.to_vec_f32().unwrap()[0] + 1e-5).sqrt(), 1. / (rv.to_vec_f32().unwrap()[1] + 1e-5).sqrt());
-    let want = [
-        (1. - 0.3) * r0 * 2. + 0.5,
-        (2. - 0.3) * r0 * 2. + 0.5,
-        -((0. - 0.2) * r1) + 1.,
-        -((0. - 0.2) * r1) + 1.,
-    ];
+    let want =
+        [(1. - 0.3) * r0 * 2. + 0.5, (2. - 0.3) * r0 * 2. + 0.5, -((0. - 0.2) * r1) + 1., -((0. - 0.2) * r1) + 1.];
     close(&y.to_vec_f32().unwrap()[..4], &want, 1e-6);
     // Running stats stored in bf16 are updated in place too.
     let rmh = Tensor::from_f32(&a, &[2], &[0., 0.], DType::BF16, Tag::Data).unwrap();

@@ -366,7 +366,11 @@ fn masked_fill_and_where_gradcheck_with_broadcast_masks() {
     let bits: Vec<u8> = (0..15).map(|i| (i * 7 % 3 == 0) as u8).collect();
     let bits = &bits[..];
     gradcheck_all(|v| v[0].masked_fill(&mask(v[0].arena(), &[3, 5], bits), 0.5), std::slice::from_ref(&x), &[true]);
-    gradcheck_all(|v| v[0].masked_fill(&mask(v[0].arena(), &[2, 1, 1], &[1, 0]), -2.0), std::slice::from_ref(&x), &[true]);
+    gradcheck_all(
+        |v| v[0].masked_fill(&mask(v[0].arena(), &[2, 1, 1], &[1, 0]), -2.0),
+        std::slice::from_ref(&x),
+        &[true],
+    );
     gradcheck_all(
         |v| v[0].transpose(1, 2)?.masked_fill(&mask(v[0].arena(), &[3], &[0, 1, 0]), 9.0),
         std::slice::from_ref(&x),

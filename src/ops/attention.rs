@@ -268,6 +268,9 @@ fn fused(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOptions, scale: f32
     let buf = output(OP, q, &[b, tq, h, d], q.dtype())?;
     let out = buf.restride(vec![b, h, tq, d], vec![tq * h * d, d, h * d, 1], 0);
     let lse = output(OP, q, &[b, h, tq], DType::F32)?;
+    if q.arena().target() == crate::alloc::Target::Cuda {
+        return cuda_fused(q, k, v, (qd, kd, vd), mask, buf, out, lse, opts.causal, scale);
+    }
     let ws = Tensor::empty(
         q.arena(),
         &[cfg.forward_workspace(rayon::current_num_threads())],
@@ -313,6 +316,58 @@ fn fused(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOptions, scale: f32
                 let grads = Grads { dq: data_of::<T>(&dq)?, dk: data_of::<T>(&dk)?, dv: data_of::<T>(&dv)? };
                 kern::backward::<T>(&cfg, &saved, grads, &plan, ws.data_mut::<f32>()?);
             });
+        }
+        Ok(vec![dq, dk, dv])
+    }))
+}
+
+/// Fused attention on a GPU (or planned for one): the kernels' own tiles
+/// (`opts.tiles` is the CPU's), no forward workspace, and the backward's
+/// only workspace is the f32 row sums `[B, H, Tq]`.
+#[allow(clippy::too_many_arguments)]
+fn cuda_fused(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    (qd, kd, vd): (Tensor, Tensor, Tensor),
+    mask: Option<Tensor>,
+    buf: Tensor,
+    out: Tensor,
+    lse: Tensor,
+    causal: bool,
+    scale: f32,
+) -> Result<Tensor> {
+    use crate::cuda::ops as cu;
+    let (b, h, tq) = (q.dim(0), q.dim(1), q.dim(2));
+    let tk = k.dim(2);
+    // Nothing to launch when a dimension is 0; no key at all gives output 0.
+    let empty = b * h * tq * tk == 0;
+    if out.is_cuda() {
+        let a = cu::AttentionIn { q: &qd, k: &kd, v: &vd, key_padding: mask.as_ref(), scale, causal };
+        if empty {
+            cu::gpu(OP, &buf)?.zero(buf.device_ptr(), buf.nbytes())?;
+        } else {
+            cu::attention_forward(&a, &out, &lse)?;
+        }
+    }
+    let mut saved = vec![qd, kd, vd, out.clone(), lse];
+    saved.extend(mask);
+    let wants = [q.requires_grad_flag(), k.requires_grad_flag(), v.requires_grad_flag()];
+    Ok(record(OP, &[q, k, v], out, saved, move |s, g| {
+        let (q, k, v, o, lse) = (&s[0], &s[1], &s[2], &s[3], &s[4]);
+        let go = dense_rows(g[0].as_ref().expect("gradient"))?;
+        let grad = |want: bool, x: &Tensor| want.then(|| output(OP, x, x.shape(), x.dtype())).transpose();
+        let (dq, dk, dv) = (grad(wants[0], q)?, grad(wants[1], k)?, grad(wants[2], v)?);
+        let dvec = Tensor::empty(q.arena(), &[b * h * tq], DType::F32, Tag::Workspace, OP)?;
+        if q.is_cuda() {
+            if empty {
+                for t in dq.iter().chain(dk.iter()).chain(dv.iter()) {
+                    cu::gpu(OP, t)?.zero(t.device_ptr(), t.nbytes())?;
+                }
+            } else {
+                let a = cu::AttentionIn { q, k, v, key_padding: s.get(5), scale, causal };
+                cu::attention_backward(&a, o, &go, lse, &dvec, dq.as_ref(), dk.as_ref(), dv.as_ref())?;
+            }
         }
         Ok(vec![dq, dk, dv])
     }))

@@ -33,13 +33,21 @@ impl Tensor {
         let seed = rng.next_u64();
         let x = self.contiguous_untracked(OP)?;
         let out = output(OP, &x, x.shape(), x.dtype())?;
-        if !out.is_meta() {
+        if out.is_cuda() {
+            if x.numel() > 0 {
+                crate::cuda::ops::dropout(&x, &out, seed, p)?;
+            }
+        } else if !out.is_meta() {
             with_float!(OP, x.dtype(), |T| k::dropout::<T>(x.data::<T>()?, seed, p, out.data_mut::<T>()?));
         }
         Ok(record(OP, &[self], out, vec![], move |_, g| {
             let g = g[0].as_ref().expect("gradient").contiguous_untracked(OP)?;
             let dx = output(OP, &g, g.shape(), g.dtype())?;
-            if !dx.is_meta() {
+            if dx.is_cuda() {
+                if g.numel() > 0 {
+                    crate::cuda::ops::dropout(&g, &dx, seed, p)?;
+                }
+            } else if !dx.is_meta() {
                 with_float!(OP, g.dtype(), |T| k::dropout::<T>(g.data::<T>()?, seed, p, dx.data_mut::<T>()?));
             }
             Ok(vec![Some(dx)])

@@ -36,17 +36,29 @@ impl Tensor {
         let mut shape = ids.shape().to_vec();
         shape.push(d);
         let out = output(OP, &w, &shape, w.dtype())?;
-        if !out.is_meta() {
+        let out_of_range = |at: usize, id: i32| {
+            Error::index(
+                OP,
+                format!(
+                    "id {id} at position {at} of ids {:?} is outside the vocabulary [0, {v}) of weight {:?}",
+                    ids.shape(),
+                    self.shape()
+                ),
+            )
+        };
+        let cuda = w.arena().target() == crate::alloc::Target::Cuda;
+        // The GPU reports the first bad position in one i32.
+        let bad = cuda.then(|| Tensor::empty(w.arena(), &[1], DType::I32, Tag::Workspace, OP)).transpose()?;
+        if out.is_cuda() {
+            if idc.numel() > 0 {
+                if let Some(at) = crate::cuda::ops::embedding(&w, &idc, &out, bad.as_ref().expect("flag"))? {
+                    return Err(out_of_range(at, idc.to_vec::<i32>()?[at]));
+                }
+            }
+        } else if !out.is_meta() {
             let iv = idc.data::<i32>()?;
             if let Some((at, id)) = k::first_out_of_range(iv, v) {
-                return Err(Error::index(
-                    OP,
-                    format!(
-                        "id {id} at position {at} of ids {:?} is outside the vocabulary [0, {v}) of weight {:?}",
-                        ids.shape(),
-                        self.shape()
-                    ),
-                ));
+                return Err(out_of_range(at, id));
             }
             with_float!(OP, w.dtype(), |T| k::gather::<T>(w.data::<T>()?, v, d, iv, out.data_mut::<T>()?));
         }
@@ -54,8 +66,15 @@ impl Tensor {
             let g = g[0].as_ref().expect("gradient").contiguous_untracked(OP)?;
             let ids = &s[0];
             let dw = output(OP, &g, &[v, d], g.dtype())?;
-            let csr = Tensor::empty(g.arena(), &[v + 1 + ids.numel()], DType::I32, Tag::Workspace, OP)?;
-            if !dw.is_meta() {
+            let csr = if g.arena().target() == crate::alloc::Target::Cuda {
+                let bytes = crate::cuda::kernels::embedding_backward_workspace(ids.numel());
+                crate::cuda::ops::workspace(OP, &g, bytes)?
+            } else {
+                Tensor::empty(g.arena(), &[v + 1 + ids.numel()], DType::I32, Tag::Workspace, OP)?
+            };
+            if dw.is_cuda() {
+                crate::cuda::ops::embedding_backward(&g, ids, &dw, &csr)?;
+            } else if !dw.is_meta() {
                 with_float!(OP, g.dtype(), |T| k::scatter_add::<T>(
                     g.data::<T>()?,
                     v,

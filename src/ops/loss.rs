@@ -56,6 +56,13 @@ impl Tensor {
         let (n, c) = (x.dim(0), x.dim(1));
         let out = output(OP, &x, &[], x.dtype())?;
         let lse = output(OP, &x, &[n], DType::F32)?;
+        let bad_target = |r: usize, t: i32| {
+            let ign = ignore_index.map_or(String::new(), |i| format!(" and is not ignore_index {i}"));
+            Error::index(OP, format!("target {t} of row {r} is outside [0, {c}) for logits {:?}{ign}", self.shape()))
+        };
+        if x.arena().target() == crate::alloc::Target::Cuda {
+            return cuda_cross_entropy(&x, targets, tg, out, lse, ignore_index, label_smoothing, bad_target);
+        }
         let mut count = 0;
         if !out.is_meta() {
             let labels = Labels { targets: tg.data::<i32>()?, ignore: ignore_index, smoothing: label_smoothing };
@@ -64,12 +71,8 @@ impl Tensor {
                 .iter()
                 .enumerate()
                 .find(|&(_, &t)| Some(t) != ignore_index && (t < 0 || t as usize >= c));
-            if let Some((r, t)) = bad {
-                let ign = ignore_index.map_or(String::new(), |i| format!(" and is not ignore_index {i}"));
-                return Err(Error::index(
-                    OP,
-                    format!("target {t} of row {r} is outside [0, {c}) for logits {:?}{ign}", self.shape()),
-                ));
+            if let Some((r, &t)) = bad {
+                return Err(bad_target(r, t));
             }
             count = labels.targets.iter().filter(|&&t| Some(t) != ignore_index).count();
             with_float!(OP, x.dtype(), |T| {
@@ -113,6 +116,49 @@ impl Tensor {
     }
 }
 
+/// Cross-entropy on a GPU (or planned for one): the count of rows not
+/// ignored stays on the device (one i32, saved), beside a row-loss
+/// workspace and the bad-target flag the forward reads back.
+#[allow(clippy::too_many_arguments)]
+fn cuda_cross_entropy(
+    x: &Tensor,
+    targets: &Tensor,
+    tg: Tensor,
+    out: Tensor,
+    lse: Tensor,
+    ignore_index: Option<i32>,
+    label_smoothing: f32,
+    bad_target: impl Fn(usize, i32) -> Error,
+) -> Result<Tensor> {
+    const OP: &str = "cross_entropy";
+    use crate::cuda::{kernels::Labels, ops as cu};
+    let n = x.dim(0);
+    let count = output(OP, x, &[1], DType::I32)?;
+    let labels = Labels { ignore_index, label_smoothing };
+    {
+        let ws = cu::workspace(OP, x, crate::cuda::kernels::cross_entropy_workspace(n))?;
+        let bad = Tensor::empty(x.arena(), &[1], DType::I32, crate::alloc::Tag::Workspace, OP)?;
+        if out.is_cuda() && n == 0 {
+            cu::gpu(OP, &out)?.zero(out.device_ptr(), out.nbytes())?; // every row ignored: loss 0
+        } else if out.is_cuda() {
+            let o = cu::CrossEntropyOut { loss: &out, lse: &lse, count: &count, ws: &ws, bad: &bad };
+            if let Some(r) = cu::cross_entropy(x, &tg, labels, &o)? {
+                return Err(bad_target(r, tg.to_vec::<i32>()?[r]));
+            }
+        }
+    }
+    Ok(record(OP, &[x, targets], out, vec![x.clone(), tg, lse, count], move |s, g| {
+        let g = g[0].as_ref().expect("gradient");
+        let (x, tg, lse, count) = (&s[0], &s[1], &s[2], &s[3]);
+        let dx = output(OP, x, x.shape(), x.dtype())?;
+        if dx.is_cuda() && x.dim(0) > 0 {
+            let dloss = g.contiguous_untracked(OP)?;
+            cu::cross_entropy_backward(x, tg, lse, count, &dloss, labels, &dx)?;
+        }
+        Ok(vec![Some(dx), None])
+    }))
+}
+
 fn pointwise_loss(
     op: &'static str,
     pred: &Tensor,
@@ -133,6 +179,13 @@ fn pointwise_loss(
     same_arena(op, &[pred, target])?;
     same_dtype(op, pred, target)?;
     float_only(op, pred)?;
+    if pred.arena().target() == crate::alloc::Target::Cuda {
+        // No loss kernel: composed of the GPU's elementwise ops and mean
+        // (|d| as relu(d) + relu(−d), whose gradient at a tie is 0 too).
+        let d = pred.sub(target)?;
+        let f = if op == "mse_loss" { d.mul(&d)? } else { d.relu()?.add(&d.neg()?.relu()?)? };
+        return f.mean_all();
+    }
     let (p, t) = (pred.contiguous_untracked(op)?, target.contiguous_untracked(op)?);
     let n = p.numel() as f32; // 0 for empty operands: the mean is 0/0 = NaN
     let out = output(op, &p, &[], p.dtype())?;

@@ -54,7 +54,11 @@ impl Tensor {
         let out = output(OP, &x, x.shape(), x.dtype())?;
         let mean = output(OP, &x, &[rows], DType::F32)?;
         let rstd = output(OP, &x, &[rows], DType::F32)?;
-        if !out.is_meta() {
+        if out.is_cuda() {
+            if rows > 0 {
+                crate::cuda::ops::layer_norm(&x, w.as_ref(), b.as_ref(), eps, &out, &mean, &rstd, rows, d)?;
+            }
+        } else if !out.is_meta() {
             with_float!(OP, x.dtype(), |T| {
                 let a = Affine {
                     weight: w.as_ref().map(|w| w.data::<T>()).transpose()?,
@@ -86,11 +90,28 @@ impl Tensor {
             let dx = grad(wants[0], x.shape())?;
             let dw = grad(want_w, &[d])?;
             let db = grad(want_b, &[d])?;
-            let (_, nb) = k::blocks(rows, d);
-            let part = (want_w || want_b)
-                .then(|| Tensor::empty(x.arena(), &[nb, 2, d], DType::F32, Tag::Workspace, OP))
-                .transpose()?;
-            if !g.is_meta() {
+            let cuda = x.arena().target() == crate::alloc::Target::Cuda;
+            // Each device's partial sums (the CUDA rule on a meta arena planning for it).
+            let part = if !(want_w || want_b) {
+                None
+            } else if cuda {
+                let bytes = crate::cuda::kernels::layer_norm_backward_workspace(rows, d, true);
+                Some(crate::cuda::ops::workspace(OP, x, bytes)?)
+            } else {
+                let (_, nb) = k::blocks(rows, d);
+                Some(Tensor::empty(x.arena(), &[nb, 2, d], DType::F32, Tag::Workspace, OP)?)
+            };
+            if g.is_cuda() {
+                if rows > 0 {
+                    let grads = crate::cuda::ops::LayerNormGrads { dx: dx.as_ref(), dw: dw.as_ref(), db: db.as_ref() };
+                    crate::cuda::ops::layer_norm_backward(x, &g, w, mean, rstd, grads, part.as_ref(), rows, d)?;
+                } else {
+                    // No rows: dweight and dbias are sums of nothing.
+                    for t in dw.iter().chain(db.iter()) {
+                        crate::cuda::ops::gpu(OP, t)?.zero(t.device_ptr(), t.nbytes())?;
+                    }
+                }
+            } else if !g.is_meta() {
                 with_float!(OP, x.dtype(), |T| {
                     let gr = Grads {
                         dx: dx.as_ref().map(|t| t.data_mut::<T>()).transpose()?,
