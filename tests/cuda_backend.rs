@@ -4,17 +4,14 @@
 //! values, allocate what the meta device plans for CUDA, and `--device`
 //! falls back or refuses clearly when there is no driver.
 
+mod cuda_common;
+mod device;
+use device::gpu;
 use headroom::alloc::{Arena, ArenaConfig, Backing, Tag, Target};
 use headroom::autograd::backward;
-use headroom::cuda::{self, DeviceChoice, Gpu};
+use headroom::cuda::{self, DeviceChoice};
 use headroom::rng::Rng;
 use headroom::{DType, Tensor};
-use std::sync::OnceLock;
-
-fn gpu() -> Gpu {
-    static G: OnceLock<Gpu> = OnceLock::new();
-    G.get_or_init(|| Gpu::emulator().expect("the CPU harness builds (g++)")).clone()
-}
 
 fn close(got: &[f32], want: &[f32], tol: f32, what: &str) {
     assert_eq!(got.len(), want.len(), "{what}");

@@ -2,18 +2,14 @@
 //! LSTM, CTC): values and gradients match the CPU backend, and a meta arena
 //! planning for CUDA predicts the emulated run's bytes exactly.
 
+mod cuda_common;
+mod device;
+use device::gpu;
 use headroom::alloc::{Arena, ArenaConfig, Backing, Stats, Tag, Target};
 use headroom::autograd::backward;
-use headroom::cuda::Gpu;
 use headroom::ops::set_conv_workspace_limit;
 use headroom::rng::Rng;
 use headroom::{DType, Tensor};
-use std::sync::OnceLock;
-
-fn gpu() -> Gpu {
-    static G: OnceLock<Gpu> = OnceLock::new();
-    G.get_or_init(|| Gpu::emulator().expect("the CPU harness builds (g++)")).clone()
-}
 
 /// The smallest conv workspace, so convolutions run in several tiles; every
 /// test sets the same value (the limit is process-wide).

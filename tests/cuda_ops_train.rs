@@ -8,19 +8,15 @@
 //! sides compute in f32, so they differ by summation order (f32 1e-5) and,
 //! stored in f16, by one rounding step of an output (3e-3).
 
+mod cuda_common;
+mod device;
+use device::gpu;
 use headroom::alloc::{Arena, ArenaConfig, Backing, Tag, Target};
 use headroom::autograd::backward;
-use headroom::cuda::Gpu;
 use headroom::ops::{attention, AttentionOptions};
 use headroom::optim::{clip_grad_norm, AdamW, AdamWConfig, Optimizer, Sgd, SgdConfig};
 use headroom::rng::Rng;
 use headroom::{DType, Tensor};
-use std::sync::OnceLock;
-
-fn gpu() -> Gpu {
-    static G: OnceLock<Gpu> = OnceLock::new();
-    G.get_or_init(|| Gpu::emulator().expect("the CPU harness builds (g++)")).clone()
-}
 
 fn cuda_arena() -> Arena {
     Arena::cuda(&gpu(), ArenaConfig::default()).unwrap()

@@ -5,8 +5,10 @@
 //! emulator is slow (seconds a step), so: batch 4, 5 steps, no evaluation
 //! pass on the GPU (its peak, without gradients, is below a step's).
 
+mod cuda_common;
+mod device;
 use headroom::alloc::{Arena, ArenaConfig};
-use headroom::cuda::{DeviceChoice, Gpu};
+use headroom::cuda::DeviceChoice;
 use headroom::model::ModelConfig;
 use headroom::train::{simulate, Run, TrainConfig};
 use std::time::Instant;
@@ -14,7 +16,7 @@ use std::time::Instant;
 #[test]
 fn a_tiny_transformer_trains_on_the_emulated_gpu_as_planned() {
     let start = Instant::now();
-    let gpu = Gpu::emulator().expect("the CPU harness builds (g++)");
+    let gpu = device::gpu();
     let cfg = TrainConfig {
         model: ModelConfig::digits(16, 1, 32),
         device: DeviceChoice::Cuda,
