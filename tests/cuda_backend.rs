@@ -154,3 +154,18 @@ fn bench_smoke_runs_every_kernel_on_the_emulated_gpu() {
         assert!(results.iter().any(|r| r["kernel"] == name), "{name} ran");
     }
 }
+
+#[test]
+fn an_op_without_a_cuda_kernel_is_refused_by_name_on_the_gpu_and_in_its_plan() {
+    use headroom::train::{resolve_recompute, simulate, Run, TrainConfig};
+    let cfg = TrainConfig { device: DeviceChoice::Cuda, progress: false, ..TrainConfig::preset("vqae-tiny").unwrap() };
+    let arena = Arena::cuda(&gpu(), ArenaConfig::default()).unwrap();
+    let e = Run::new(&cfg, arena).and_then(|mut r| r.train_step().map(|_| ())).unwrap_err().to_string();
+    assert!(e.contains("vector_quantize") && e.contains("no CUDA kernel") && e.contains("--device cpu"), "{e}");
+    let planned =
+        simulate(&cfg, resolve_recompute(&cfg).unwrap(), false).err().expect("the plan refuses it too").to_string();
+    assert_eq!(planned, e);
+    // The same preset plans and runs on the CPU.
+    let cpu = TrainConfig { device: DeviceChoice::Cpu, ..cfg };
+    assert!(simulate(&cpu, resolve_recompute(&cpu).unwrap(), false).is_ok());
+}

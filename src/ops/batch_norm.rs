@@ -54,6 +54,7 @@ impl Tensor {
             return Err(Error::shape(OP, format!("input {:?} needs [B, C, ..]: channels are dim 1", self.shape())));
         }
         float_only(OP, self)?;
+        super::cpu_only(OP, self)?;
         let (batch, ch) = (self.dim(0), self.dim(1));
         let sp = self.shape()[2..].iter().product::<usize>();
         for (name, p) in [("weight", weight), ("bias", bias)] {

@@ -182,6 +182,7 @@ impl Tensor {
     /// a Workspace of `(dim size + 1 + len(idx))` i32s.
     pub fn index_select(&self, dim: isize, idx: &Tensor) -> Result<Tensor> {
         const OP: &str = "index_select";
+        super::cpu_only(OP, self)?;
         let d = axis_of(OP, self, dim)?;
         if idx.dtype() != DType::I32 {
             return Err(Error::dtype(OP, format!("idx {:?} is {}, expected i32 indices", idx.shape(), idx.dtype())));

@@ -57,6 +57,18 @@ pub(crate) fn float_only(op: &'static str, t: &Tensor) -> Result<()> {
     Ok(())
 }
 
+/// Ops with no CUDA path refuse a GPU tensor (and a plan for the GPU) up
+/// front, naming the op, instead of failing later in a CPU accessor.
+pub(crate) fn cpu_only(op: &'static str, t: &Tensor) -> Result<()> {
+    if t.arena().target() == crate::alloc::Target::Cuda {
+        return Err(Error::device(
+            op,
+            format!("{:?} {} is on the GPU (or planned for it) and {op} has no CUDA kernel yet; run this model with --device cpu", t.shape(), t.dtype()),
+        ));
+    }
+    Ok(())
+}
+
 /// Inputs must share a dtype (mixed precision casts explicitly).
 pub(crate) fn same_dtype(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
     if a.dtype() != b.dtype() {

@@ -129,6 +129,7 @@ impl Tensor {
     /// axis of length 0 has no maximum: an error.
     pub fn max(&self, axis: isize, keepdim: bool) -> Result<Tensor> {
         super::float_only("max", self)?;
+        super::cpu_only("max", self)?;
         let d = self.check_axis("max", axis)?;
         if self.shape()[d] == 0 {
             return Err(Error::invalid(

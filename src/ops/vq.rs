@@ -51,6 +51,7 @@ impl Tensor {
             ));
         }
         float_only(OP, self)?;
+        super::cpu_only(OP, self)?;
         same_dtype(OP, self, codebook)?;
         same_arena(OP, &[self, codebook])?;
         let z = self.contiguous()?;
