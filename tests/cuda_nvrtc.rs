@@ -1,11 +1,11 @@
 //! The CUDA backend without a GPU: the driver probe, every kernel compiled by
-//! NVRTC for sm_80 and sm_90, and ptxas's resource report checked against
+//! NVRTC for sm_75, sm_80 and sm_90, and ptxas's resource report checked against
 //! the launch table. Run with --nocapture for the per-kernel figures.
 
 mod cuda_common;
 
 use headroom::cuda::emulator::{is_kernel_file, kernel_names};
-use headroom::cuda::nvrtc::{self, Arch, KernelResources, SM80, SM90};
+use headroom::cuda::nvrtc::{self, Arch, KernelResources, SM75, SM80, SM90};
 use headroom::cuda::{self, LAUNCH};
 use std::collections::BTreeSet;
 
@@ -40,9 +40,9 @@ fn launch_table_lists_exactly_the_kernels_in_the_sources() {
 }
 
 #[test]
-fn every_kernel_compiles_to_ptx_for_sm80_and_sm90_through_the_cache() {
+fn every_kernel_compiles_to_ptx_for_sm75_sm80_and_sm90_through_the_cache() {
     cuda_common::ensure_wheels();
-    for arch in [SM80, SM90] {
+    for arch in ARCHS {
         let ptx = nvrtc::compile_all(&arch).unwrap();
         let files = headroom::kernels::SOURCES.iter().filter(|(n, _)| is_kernel_file(n)).count();
         assert_eq!(ptx.len(), files, "one PTX per kernel file");
@@ -106,20 +106,23 @@ fn check(arch: &Arch, res: &[KernelResources]) -> Vec<String> {
     problems
 }
 
+/// Turing (T4), Ampere (A100), Hopper (H100/H200).
+const ARCHS: [Arch; 3] = [SM75, SM80, SM90];
+
 #[test]
 fn ptxas_resources_fit_what_the_launches_assume() {
     cuda_common::ensure_wheels();
     println!("per arch: registers, static smem, spill stores/loads, resident blocks per SM, theoretical occupancy");
     println!("and the limit that binds, with the most dynamic smem the launch gives ('dyn B')");
-    println!("{:<30} {:>5} {:>6} | {:<46} | {:<46}", "kernel", "block", "dyn B", "sm_80", "sm_90");
-    let all: Vec<Vec<KernelResources>> = [SM80, SM90].iter().map(|a| nvrtc::resources(a).unwrap()).collect();
+    println!("{:<30} {:>5} {:>6} | {:<46} | {:<46} | {:<46}", "kernel", "block", "dyn B", "sm_75", "sm_80", "sm_90");
+    let all: Vec<Vec<KernelResources>> = ARCHS.iter().map(|a| nvrtc::resources(a).unwrap()).collect();
     let mut problems = vec![];
-    for (arch, res) in [SM80, SM90].iter().zip(&all) {
+    for (arch, res) in ARCHS.iter().zip(&all) {
         problems.extend(check(arch, res));
     }
     for s in LAUNCH {
         let mut line = format!("{:<30} {:>5} {:>6}", s.kernel, s.block, s.smem.max_bytes());
-        for (arch, res) in [SM80, SM90].iter().zip(&all) {
+        for (arch, res) in ARCHS.iter().zip(&all) {
             let Some(r) = res.iter().find(|r| r.function == s.kernel) else { continue };
             let (blocks, bound) = arch.blocks_per_sm(r.registers, s.block, r.smem + s.smem.max_bytes());
             let occ = 100 * blocks * s.block / arch.max_threads_per_sm;

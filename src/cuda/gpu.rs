@@ -19,7 +19,7 @@
 use super::blas::{self, Gemm};
 use super::emulator::Emulator;
 use super::kernels::Launch;
-use super::nvrtc::{Arch, SM80, SM90};
+use super::nvrtc::{Arch, SM75, SM80, SM90};
 use crate::alloc::{HostSegment, Segment, SegmentError};
 use crate::error::{Error, Result};
 use std::sync::{Arc, Mutex};
@@ -93,7 +93,17 @@ impl Gpu {
     /// loaded, a stream, a cuBLAS handle.
     pub fn driver() -> Result<Gpu> {
         let info = super::probe()?;
-        let arch = if info.compute_capability.0 >= 9 { SM90 } else { SM80 };
+        let arch = match info.compute_capability {
+            (9.., _) => SM90,
+            (8, _) => SM80,
+            (7, 5..) => SM75,
+            (major, minor) => {
+                return Err(Error::cuda(
+                    "cuda",
+                    format!("{} is sm_{major}{minor}; headroom's kernels need sm_75 or newer (T4, A100, H100); use --device cpu", info.name),
+                ))
+            }
+        };
         let driver = Driver::open(&arch)?;
         let name = format!("{} (sm_{}{})", info.name, info.compute_capability.0, info.compute_capability.1);
         Ok(Gpu(Arc::new(GpuInner { name, arch, engine: Engine::Driver(Mutex::new(driver)) })))

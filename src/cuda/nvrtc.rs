@@ -38,6 +38,17 @@ pub struct Arch {
 }
 
 /// A100.
+/// Turing (T4, RTX 20xx): the free notebooks' GPU.
+pub const SM75: Arch = Arch {
+    name: "sm_75",
+    regs_per_sm: 65536,
+    max_threads_per_sm: 1024,
+    max_blocks_per_sm: 16,
+    smem_per_sm: 64 * 1024,
+    smem_per_block_optin: 64 * 1024,
+    smem_reserved_per_block: 0,
+};
+
 pub const SM80: Arch = Arch {
     name: "sm_80",
     regs_per_sm: 65536,
