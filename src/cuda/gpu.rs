@@ -53,15 +53,19 @@ pub fn select(choice: DeviceChoice, quiet: bool) -> Result<Option<Gpu>> {
     match choice {
         DeviceChoice::Cpu => Ok(None),
         DeviceChoice::Cuda => Gpu::driver().map(Some),
-        DeviceChoice::Auto => match Gpu::driver() {
-            Ok(g) => Ok(Some(g)),
-            Err(e) => {
-                if !quiet {
-                    eprintln!("no usable GPU, running on the CPU ({e})");
-                }
-                Ok(None)
+        DeviceChoice::Auto => {
+            let why = match super::probe() {
+                Err(e) => e.to_string(),
+                Ok(_) => match Gpu::driver() {
+                    Ok(g) => return Ok(Some(g)),
+                    Err(e) => e.to_string(),
+                },
+            };
+            if !quiet {
+                eprintln!("no usable GPU, running on the CPU ({why})");
             }
-        },
+            Ok(None)
+        }
     }
 }
 

@@ -48,7 +48,8 @@ impl std::error::Error for CudaUnavailable {}
 
 impl From<CudaUnavailable> for crate::Error {
     fn from(e: CudaUnavailable) -> crate::Error {
-        crate::Error::cuda("cuda", e.0)
+        // What `--device cuda` reports; `auto` prints the reason alone.
+        crate::Error::cuda("cuda", format!("{}; use --device cpu or auto", e.0))
     }
 }
 
@@ -62,15 +63,14 @@ pub fn driver_available() -> bool {
 /// Initialise the driver and describe device 0, or say why not.
 pub fn probe() -> Result<DeviceInfo, CudaUnavailable> {
     if !driver_available() {
-        return Err(CudaUnavailable("no CUDA driver (libcuda.so.1) on this machine; use --device cpu or auto".into()));
+        return Err(CudaUnavailable("no CUDA driver (libcuda.so.1) on this machine".into()));
     }
     use cudarc::driver::{result, sys::CUdevice_attribute as A};
-    let fail =
-        |what: &str, e: result::DriverError| CudaUnavailable(format!("{what} failed: {e:?}; use --device cpu or auto"));
+    let fail = |what: &str, e: result::DriverError| CudaUnavailable(format!("{what} failed: {e:?}"));
     result::init().map_err(|e| fail("cuInit", e))?;
     let count = result::device::get_count().map_err(|e| fail("cuDeviceGetCount", e))?;
     if count < 1 {
-        return Err(CudaUnavailable("the CUDA driver sees no device; use --device cpu or auto".into()));
+        return Err(CudaUnavailable("the CUDA driver sees no device".into()));
     }
     let dev = result::device::get(0).map_err(|e| fail("cuDeviceGet(0)", e))?;
     let name = result::device::get_name(dev).map_err(|e| fail("cuDeviceGetName", e))?;
