@@ -715,18 +715,7 @@ fn run_in_pool(opts: &Options, specs: &[Spec], threads: usize, out: &mut dyn Wri
         let mut case = spec.build(&arena)?;
         let r = row(spec, time(&mut case, opts.min_time)?, m.peak_gflops, m.bandwidth_gbs);
         drop(case);
-        if opts.json {
-            writeln!(out, "{}", serde_json::to_string(&r).expect("row serialises")).map_err(io)?;
-        } else {
-            let rate = match r.bound {
-                Bound::Compute => format!("{:.1} GFLOP/s", r.gflops),
-                Bound::Memory => format!("{:.1} GB/s", r.gbs),
-            };
-            let median = fmt_secs(r.median_s);
-            let share = 100.0 * r.peak_share;
-            writeln!(out, "{:<13} {:<30} {:<5} {median:>10} {rate:>16} {share:>6.1}%", r.kernel, r.shape, r.dtype)
-                .map_err(io)?;
-        }
+        write_row(out, &r, opts.json)?;
         out.flush().map_err(io)?;
     }
     if !opts.json {
@@ -831,19 +820,25 @@ pub fn run_on_gpu(opts: &Options, specs: &[Spec], gpu: &crate::cuda::Gpu, out: &
         });
         let peak = if spec.dtype == DType::F32 { m.peak_tflops_f32 } else { m.peak_tflops_f16 };
         let r = row(spec, time(&mut case, opts.min_time)?, peak * 1e3, m.bandwidth_gbs);
-        if opts.json {
-            writeln!(out, "{}", serde_json::to_string(&r).expect("row serialises")).map_err(io)?;
-        } else {
-            let rate = match r.bound {
-                Bound::Compute => format!("{:.2} TFLOP/s", r.gflops / 1e3),
-                Bound::Memory => format!("{:.0} GB/s", r.gbs),
-            };
-            let (kernel, shape, dtype, median) = (r.kernel, &r.shape, r.dtype, fmt_secs(r.median_s));
-            writeln!(out, "{kernel:<13} {shape:<30} {dtype:<5} {median:>10} {rate:>16} {:>6.1}%", 100.0 * r.peak_share)
-                .map_err(io)?;
-        }
+        write_row(out, &r, opts.json)?;
     }
     Ok(())
+}
+
+/// One result: a JSON line, or a table row (TFLOP/s from 1000 GFLOP/s up).
+fn write_row(out: &mut dyn Write, r: &Row, json: bool) -> Result<()> {
+    let io = |e: std::io::Error| Error::io("stdout", e);
+    if json {
+        return writeln!(out, "{}", serde_json::to_string(r).expect("row serialises")).map_err(io);
+    }
+    let rate = match r.bound {
+        Bound::Compute if r.gflops >= 1e3 => format!("{:.2} TFLOP/s", r.gflops / 1e3),
+        Bound::Compute => format!("{:.1} GFLOP/s", r.gflops),
+        Bound::Memory => format!("{:.1} GB/s", r.gbs),
+    };
+    let (kernel, shape, dtype, median) = (r.kernel, &r.shape, r.dtype, fmt_secs(r.median_s));
+    let share = 100.0 * r.peak_share;
+    writeln!(out, "{kernel:<13} {shape:<30} {dtype:<5} {median:>10} {rate:>16} {share:>6.1}%").map_err(io)
 }
 
 /// `0.0123` → `"12.30 ms"`.
