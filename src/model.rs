@@ -216,6 +216,51 @@ pub(crate) fn block(
     }
 }
 
+/// Transformer encoder blocks over `h`; block `i` is recompute unit
+/// `first + i`. `mask` (key padding) goes into every block.
+pub(crate) fn encoder_stack(
+    blocks: &[crate::nn::Block],
+    mut h: Tensor,
+    mask: Option<&Tensor>,
+    mut rng: Option<&mut Rng>,
+    recompute: &[bool],
+    first: usize,
+) -> Result<Tensor> {
+    for (i, blk) in blocks.iter().enumerate() {
+        let mut params = Vec::new();
+        blk.params("", &mut params);
+        let blk = blk.clone();
+        let again = recompute.get(first + i).copied().unwrap_or(false);
+        let mut inputs = vec![&h];
+        inputs.extend(mask);
+        h = block(&inputs, params, rng.as_deref_mut(), again, move |xs, r| blk.forward(&xs[0], xs.get(1), r))?;
+    }
+    Ok(h)
+}
+
+/// Transformer decoder blocks over `d`, attending to `memory` (whose key
+/// padding is `mask`); block `i` is recompute unit `first + i`.
+pub(crate) fn decoder_stack(
+    blocks: &[crate::nn::DecoderBlock],
+    mut d: Tensor,
+    memory: &Tensor,
+    mask: Option<&Tensor>,
+    mut rng: Option<&mut Rng>,
+    recompute: &[bool],
+    first: usize,
+) -> Result<Tensor> {
+    for (i, blk) in blocks.iter().enumerate() {
+        let mut params = Vec::new();
+        blk.params("", &mut params);
+        let blk = blk.clone();
+        let again = recompute.get(first + i).copied().unwrap_or(false);
+        let mut inputs = vec![&d, memory];
+        inputs.extend(mask);
+        d = block(&inputs, params, rng.as_deref_mut(), again, move |xs, r| blk.forward(&xs[0], &xs[1], xs.get(2), r))?;
+    }
+    Ok(d)
+}
+
 /// Dropout when training (an rng is given and `p > 0`), the identity otherwise.
 pub(crate) fn dropout(x: Tensor, p: f32, rng: Option<&mut Rng>) -> Result<Tensor> {
     match rng {

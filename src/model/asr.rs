@@ -7,7 +7,7 @@
 //! Batch: `x` `[B, T, mels]`, `x_lengths`, `y` i32 `[B, S]` (padding
 //! [`IGNORE`]), `y_in` i32 `[B, S]` (BOS first, padding 0).
 
-use super::{add_positions, block, dropout, token_accuracy, Batch, Score, IGNORE};
+use super::{add_positions, decoder_stack, dropout, encoder_stack, token_accuracy, Batch, Score, IGNORE};
 use crate::alloc::{Arena, Tag};
 use crate::error::{Error, Result};
 use crate::nn::{Block, Conv, ConvKind, DecoderBlock, Embedding, LayerNorm, Linear, Params};
@@ -104,35 +104,18 @@ impl Asr {
         let h = self.conv2.forward(&self.conv1.forward(&x.unsqueeze(1)?)?.relu()?)?.relu()?;
         let (tt, ff) = (h.dim(2), h.dim(3));
         let h = h.permute(&[0, 2, 1, 3])?.reshape(&[b, tt, c.dim * ff])?;
-        let mut h = dropout(
+        let h = dropout(
             add_positions(&self.input.forward(&h)?, &self.enc_positions, "asr")?,
             c.dropout,
             rng.as_deref_mut(),
         )?;
         let mask = subsampled_mask(x, &batch.x_lengths, t, tt)?;
-        for (i, blk) in self.encoder.iter().enumerate() {
-            let mut params = Vec::new();
-            blk.params("", &mut params);
-            let blk = blk.clone();
-            let again = recompute.get(i).copied().unwrap_or(false);
-            h = block(&[&h, &mask], params, rng.as_deref_mut(), again, move |xs, r| {
-                blk.forward(&xs[0], Some(&xs[1]), r)
-            })?;
-        }
+        let h = encoder_stack(&self.encoder, h, Some(&mask), rng.as_deref_mut(), recompute, 0)?;
         let memory = self.enc_norm.forward(&h)?;
         let s = y_in.dim(1);
         let mut d = add_positions(&self.embed.forward(y_in, x.dtype())?, &self.dec_positions, "asr")?;
         d = dropout(d, c.dropout, rng.as_deref_mut())?;
-        let skip = self.encoder.len();
-        for (i, blk) in self.decoder.iter().enumerate() {
-            let mut params = Vec::new();
-            blk.params("", &mut params);
-            let blk = blk.clone();
-            let again = recompute.get(skip + i).copied().unwrap_or(false);
-            d = block(&[&d, &memory, &mask], params, rng.as_deref_mut(), again, move |xs, r| {
-                blk.forward(&xs[0], &xs[1], Some(&xs[2]), r)
-            })?;
-        }
+        let d = decoder_stack(&self.decoder, d, &memory, Some(&mask), rng, recompute, self.encoder.len())?;
         self.head.forward(&self.dec_norm.forward(&d)?)?.reshape(&[b * s, c.vocab])
     }
 

@@ -1,7 +1,7 @@
 //! The default model: a small transformer encoder that classifies sequences
 //! of feature frames (log-mel spectrograms of spoken words).
 
-use super::{block, is_meta, Batch, Score};
+use super::{encoder_stack, is_meta, Batch, Score};
 use crate::alloc::Arena;
 use crate::error::{Error, Result};
 use crate::nn::{Block, LayerNorm, Linear, Params};
@@ -50,7 +50,7 @@ impl Classifier {
     /// to train (dropout on), `None` to evaluate. Blocks whose entry in
     /// `recompute` is true keep only their input for backward and re-run
     /// in it (`autograd::checkpoint`).
-    pub fn forward(&self, x: &Tensor, mut rng: Option<&mut Rng>, recompute: &[bool]) -> Result<Tensor> {
+    pub fn forward(&self, x: &Tensor, rng: Option<&mut Rng>, recompute: &[bool]) -> Result<Tensor> {
         let c = &self.config;
         if x.rank() != 3 || x.dim(1) != c.frames || x.dim(2) != c.features {
             return Err(Error::shape(
@@ -58,14 +58,8 @@ impl Classifier {
                 format!("input {:?}, expected [batch, {}, {}]", x.shape(), c.frames, c.features),
             ));
         }
-        let mut h = self.input.forward(x)?.add(&self.positions.to_dtype(x.dtype())?)?;
-        for (i, b) in self.blocks.iter().enumerate() {
-            let mut params = Vec::new();
-            b.params("", &mut params);
-            let b = b.clone();
-            let again = recompute.get(i).copied().unwrap_or(false);
-            h = block(&[&h], params, rng.as_deref_mut(), again, move |xs, r| b.forward(&xs[0], None, r))?;
-        }
+        let h = self.input.forward(x)?.add(&self.positions.to_dtype(x.dtype())?)?;
+        let h = encoder_stack(&self.blocks, h, None, rng, recompute, 0)?;
         let pooled = self.norm.forward(&h)?.mean(&[1], false)?;
         self.head.forward(&pooled)
     }

@@ -8,7 +8,7 @@
 //! `[B, frames, mels]`, `y_in` the same frames shifted right (a zero frame
 //! first), in the compute dtype.
 
-use super::{add_positions, block, dropout, is_meta, Batch, Score};
+use super::{add_positions, decoder_stack, dropout, encoder_stack, is_meta, Batch, Score};
 use crate::alloc::{Arena, Tag};
 use crate::error::{Error, Result};
 use crate::nn::{Block, DecoderBlock, Embedding, LayerNorm, Linear, Params};
@@ -89,30 +89,11 @@ impl Tts {
         let mask = batch.x_mask.clone();
         let mut h = add_positions(&self.embed.forward(&batch.x, dtype)?, &self.text_positions, "tts")?;
         h = dropout(h, c.dropout, rng.as_deref_mut())?;
-        for (i, blk) in self.encoder.iter().enumerate() {
-            let mut params = Vec::new();
-            blk.params("", &mut params);
-            let blk = blk.clone();
-            let again = recompute.get(i).copied().unwrap_or(false);
-            let mut inputs = vec![&h];
-            inputs.extend(mask.as_ref());
-            h = block(&inputs, params, rng.as_deref_mut(), again, move |xs, r| blk.forward(&xs[0], xs.get(1), r))?;
-        }
+        let h = encoder_stack(&self.encoder, h, mask.as_ref(), rng.as_deref_mut(), recompute, 0)?;
         let memory = self.enc_norm.forward(&h)?;
         let mut d = add_positions(&self.prenet.forward(y_in)?, &self.mel_positions, "tts")?;
         d = dropout(d, c.dropout, rng.as_deref_mut())?;
-        let skip = self.encoder.len();
-        for (i, blk) in self.decoder.iter().enumerate() {
-            let mut params = Vec::new();
-            blk.params("", &mut params);
-            let blk = blk.clone();
-            let again = recompute.get(skip + i).copied().unwrap_or(false);
-            let mut inputs = vec![&d, &memory];
-            inputs.extend(mask.as_ref());
-            d = block(&inputs, params, rng.as_deref_mut(), again, move |xs, r| {
-                blk.forward(&xs[0], &xs[1], xs.get(2), r)
-            })?;
-        }
+        let d = decoder_stack(&self.decoder, d, &memory, mask.as_ref(), rng, recompute, self.encoder.len())?;
         self.head.forward(&self.dec_norm.forward(&d)?)
     }
 
