@@ -20,21 +20,15 @@
 //! f32 5e-6, f16 3e-3, bf16 2e-2; the observed maxima are printed (f16
 //! ≤ 4.3e-4, bf16 ≤ 9.7e-4 when these tolerances were set).
 
+mod harness;
+use harness::{emulator, ptr, DTYPES};
 use headroom::autograd::backward_with;
 use headroom::cuda::emulator::{Emulator, Order};
 use headroom::cuda::kernels::{self as k, Attention, AttentionGrads, Grid, Strided, LAUNCH};
 use headroom::ops::{attention, AttentionOptions};
 use headroom::rng::Rng;
 use headroom::{Arena, DType, Tag, Tensor};
-use std::sync::OnceLock;
 use std::time::Instant;
-
-const DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
-
-fn emulator() -> &'static Emulator {
-    static E: OnceLock<Emulator> = OnceLock::new();
-    E.get_or_init(|| Emulator::new().expect("build the kernel harness"))
-}
 
 fn tol(dtype: DType) -> f32 {
     match dtype {
@@ -42,11 +36,6 @@ fn tol(dtype: DType) -> f32 {
         DType::F16 => 3e-3,
         _ => 2e-2,
     }
-}
-
-/// Address of a tensor's first element: the harness's "device pointer".
-fn ptr(t: &Tensor) -> u64 {
-    t.storage().block().as_ptr() as u64 + (t.offset() * t.dtype().size()) as u64
 }
 
 fn strided(t: &Tensor) -> Strided<'_> {

@@ -11,52 +11,14 @@
 //! (2 ulp of f16 / bf16). Sums differ by summation order: a tree in f32 on
 //! the kernel, f64 in order on the CPU.
 
+mod harness;
+use harness::{both, close, emulator, ptr, tol, DTYPES};
 use headroom::autograd::backward_with;
 use headroom::cuda::emulator::{Emulator, Order};
 use headroom::cuda::kernels::{self as k, BinaryOp, Strided, UnaryOp};
 use headroom::rng::Rng;
 use headroom::{Arena, DType, Tag, Tensor};
-use std::sync::OnceLock;
 use std::time::Instant;
-
-const DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
-
-fn emulator() -> &'static Emulator {
-    static E: OnceLock<Emulator> = OnceLock::new();
-    E.get_or_init(|| Emulator::new().expect("build the kernel harness"))
-}
-
-/// The harness in both thread orders.
-fn both() -> [Emulator; 2] {
-    [emulator().with_order(Order::Forward), emulator().with_order(Order::Reverse)]
-}
-
-/// (atol, rtol) for elementwise results stored as `dtype`.
-fn tol(dtype: DType) -> (f32, f32) {
-    match dtype {
-        DType::F32 => (1e-6, 1e-5),
-        DType::F16 => (1e-4, 2e-3),
-        _ => (1e-3, 1.6e-2),
-    }
-}
-
-/// Address of a tensor's first element: the harness's "device pointer".
-fn ptr(t: &Tensor) -> u64 {
-    t.storage().block().as_ptr() as u64 + (t.offset() * t.dtype().size()) as u64
-}
-
-fn close(what: &str, got: &[f32], want: &[f32], (atol, rtol): (f32, f32)) {
-    assert_eq!(got.len(), want.len(), "{what}: lengths");
-    let bad: Vec<usize> = (0..got.len())
-        .filter(|&i| {
-            let (g, w) = (got[i], want[i]);
-            !((g - w).abs() <= atol + rtol * w.abs() || (g.is_nan() && w.is_nan()) || g == w)
-        })
-        .collect();
-    if let Some(&i) = bad.first() {
-        panic!("{what}: {} of {} differ; first at {i}: got {} want {}", bad.len(), got.len(), got[i], want[i]);
-    }
-}
 
 fn values(rng: &mut Rng, n: usize, lo: f32, hi: f32) -> Vec<f32> {
     (0..n).map(|_| lo + (hi - lo) * rng.uniform()).collect()

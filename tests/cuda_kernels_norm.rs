@@ -16,44 +16,19 @@
 //!   (cols) or column (rows) sum comes first: a tree order on the GPU, a
 //!   sequential order on the CPU.
 
+mod harness;
+use harness::{both, close, emulator, ptr, tol, DTYPES};
 use headroom::autograd::backward_with;
-use headroom::cuda::emulator::{Emulator, Order};
+use headroom::cuda::emulator::Emulator;
 use headroom::cuda::kernels::{self as k, AdamTensor, Launch, NormTensor};
 use headroom::optim::{clip_grad_norm, AdamW, AdamWConfig, Optimizer};
 use headroom::rng::Rng;
 use headroom::{Arena, DType, Tag, Tensor};
-use std::sync::OnceLock;
 use std::time::Instant;
-
-const DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
-
-fn emulator() -> &'static Emulator {
-    static E: OnceLock<Emulator> = OnceLock::new();
-    E.get_or_init(|| {
-        let t = Instant::now();
-        let e = Emulator::new().expect("build the kernel harness");
-        println!("harness library ready in {:.1} s", t.elapsed().as_secs_f64());
-        e
-    })
-}
-
-fn both() -> [Emulator; 2] {
-    [emulator().with_order(Order::Forward), emulator().with_order(Order::Reverse)]
-}
 
 fn run(emu: &Emulator, launches: &[Launch]) {
     for l in launches {
         emu.run(l).unwrap_or_else(|e| panic!("{e}"));
-    }
-}
-
-/// (atol, rtol) for a result stored as `dtype` computed from f32 values that
-/// agree to a few f32 ulp.
-fn tol(dtype: DType) -> (f32, f32) {
-    match dtype {
-        DType::F32 => (1e-6, 1e-5),
-        DType::F16 => (1e-4, 2e-3),
-        _ => (1e-3, 1.6e-2),
     }
 }
 
@@ -63,26 +38,8 @@ fn tol_sum(dtype: DType, terms: usize) -> (f32, f32) {
     (atol + 1e-7 * terms as f32, rtol)
 }
 
-/// Address of a tensor's first element: the harness's "device pointer".
-fn ptr(t: &Tensor) -> u64 {
-    t.storage().block().as_ptr() as u64 + (t.offset() * t.dtype().size()) as u64
-}
-
 fn vptr<T>(v: &mut [T]) -> u64 {
     v.as_mut_ptr() as u64
-}
-
-fn close(what: &str, got: &[f32], want: &[f32], (atol, rtol): (f32, f32)) {
-    assert_eq!(got.len(), want.len(), "{what}: lengths");
-    let bad: Vec<usize> = (0..got.len())
-        .filter(|&i| {
-            let (g, w) = (got[i], want[i]);
-            !((g - w).abs() <= atol + rtol * w.abs() || (g.is_nan() && w.is_nan()) || g == w)
-        })
-        .collect();
-    if let Some(&i) = bad.first() {
-        panic!("{what}: {} of {} differ; first at {i}: got {} want {}", bad.len(), got.len(), got[i], want[i]);
-    }
 }
 
 /// Bit-for-bit equality (NaN only equals NaN).

@@ -25,58 +25,19 @@
 //!   half types as pointwise. Measured on the harness: at most 4.8e-7
 //!   (forward), 3.6e-7 (dX), 1.9e-6 (dW, bias) absolute.
 
+mod harness;
+use harness::{both, close, emulator, ptr, tol, DTYPES};
 use headroom::alloc::TraceKind;
 use headroom::autograd::backward_with;
 use headroom::cpu::conv::{self as cc, Geom, Pass, QUANTUM};
 use headroom::cpu::ctc::{self as cctc, Problem};
 use headroom::cpu::lstm::{self as clstm, Biases};
 use headroom::cpu::pool::{self as cpool, PoolGeom};
-use headroom::cuda::emulator::{Emulator, Order};
 use headroom::cuda::kernels::{self as k, CtcBuffers, CtcShape, LstmCell, LstmCellGrad, Mat};
 use headroom::rng::Rng;
 use headroom::with_float;
 use headroom::{Arena, DType, Result, Tag, Tensor};
-use std::sync::OnceLock;
 use std::time::Instant;
-
-const DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
-
-fn emulator() -> &'static Emulator {
-    static E: OnceLock<Emulator> = OnceLock::new();
-    E.get_or_init(|| Emulator::new().expect("build the kernel harness"))
-}
-
-/// The harness in both thread orders.
-fn both() -> [Emulator; 2] {
-    [emulator().with_order(Order::Forward), emulator().with_order(Order::Reverse)]
-}
-
-/// (atol, rtol) for pointwise results stored as `dtype`.
-fn tol(dtype: DType) -> (f32, f32) {
-    match dtype {
-        DType::F32 => (1e-6, 1e-5),
-        DType::F16 => (1e-4, 2e-3),
-        _ => (1e-3, 1.6e-2),
-    }
-}
-
-/// Address of a tensor's first element: the harness's "device pointer".
-fn ptr(t: &Tensor) -> u64 {
-    t.storage().block().as_ptr() as u64 + (t.offset() * t.dtype().size()) as u64
-}
-
-fn close(what: &str, got: &[f32], want: &[f32], (atol, rtol): (f32, f32)) {
-    assert_eq!(got.len(), want.len(), "{what}: lengths");
-    let bad: Vec<usize> = (0..got.len())
-        .filter(|&i| {
-            let (g, w) = (got[i], want[i]);
-            !((g - w).abs() <= atol + rtol * w.abs() || (g.is_nan() && w.is_nan()) || g == w)
-        })
-        .collect();
-    if let Some(&i) = bad.first() {
-        panic!("{what}: {} of {} differ; first at {i}: got {} want {}", bad.len(), got.len(), got[i], want[i]);
-    }
-}
 
 /// Bit-for-bit equality (NaN equal to NaN).
 fn same(what: &str, got: &[f32], want: &[f32]) {
